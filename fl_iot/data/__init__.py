@@ -1,0 +1,19 @@
+"""Datasets, their loaders and their partition among devices.
+
+Importing this package registers the built-in loaders in :data:`DATASETS`.
+"""
+
+from fl_iot.data import watch as _watch  # noqa: F401  (registers the loader)
+from fl_iot.data.base import DATASETS, LabeledData, SourceDataset
+from fl_iot.data.federated import FederatedData, load_federated_data, load_source
+from fl_iot.data.paths import DATA_ROOT_ENV
+
+__all__ = [
+    "DATASETS",
+    "DATA_ROOT_ENV",
+    "FederatedData",
+    "LabeledData",
+    "SourceDataset",
+    "load_federated_data",
+    "load_source",
+]

@@ -1,0 +1,105 @@
+"""The data types every dataset loader returns and every device trains on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from fl_iot.registry import Registry
+
+
+@dataclass(frozen=True)
+class LabeledData:
+    """Samples and their integer class labels.
+
+    Attributes
+    ----------
+    x : np.ndarray
+        ``float32`` features, shape ``(n, *input_shape)``.
+    y : np.ndarray
+        ``int64`` class indices, shape ``(n,)``.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} samples but y has {len(self.y)}")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, index: np.ndarray) -> LabeledData:
+        """Return the samples at ``index``."""
+        return LabeledData(self.x[index], self.y[index])
+
+
+@dataclass(frozen=True)
+class SourceDataset:
+    """What a loader returns: the pooled training samples and a central held-out split.
+
+    Attributes
+    ----------
+    name : str
+        Registry name of the dataset.
+    train : LabeledData
+        Every sample that devices may hold.
+    groups : np.ndarray
+        The natural device key of each training sample (patient, engine unit, subject, vehicle),
+        shape ``(len(train),)``. The ``natural`` partition gives one device per distinct key.
+    test : LabeledData
+        The central held-out split the server evaluates on. No device holds these samples.
+    class_names : tuple[str, ...]
+        Name of each class index.
+    synthetic : bool
+        True when the data is generated rather than recorded.
+    description : str
+        One line saying what the samples are, shown in run summaries.
+    """
+
+    name: str
+    train: LabeledData
+    groups: np.ndarray
+    test: LabeledData
+    class_names: tuple[str, ...]
+    synthetic: bool = False
+    description: str = ""
+    metadata: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.groups) != len(self.train):
+            raise ValueError(
+                f"groups has {len(self.groups)} entries but train has {len(self.train)} samples"
+            )
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample."""
+        return tuple(int(d) for d in self.train.x.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+
+class DatasetLoader(Protocol):
+    """A function that loads a dataset from a data root.
+
+    Loaders take ``root`` (a directory or ``None`` for the dataset's default location), ``seed``
+    (for any random split or generation) and dataset-specific keyword options from the
+    scenario's ``dataset.options``. A missing dataset raises
+    :class:`fl_iot.errors.DatasetNotFoundError`.
+    """
+
+    def __call__(self, root: Path | None, seed: int, **options: object) -> SourceDataset: ...
+
+
+DATASETS: Registry[Callable[..., SourceDataset]] = Registry("dataset", "fl_iot.datasets")
+"""Dataset loaders by name; third-party packages add theirs through the ``fl_iot.datasets``
+entry-point group."""

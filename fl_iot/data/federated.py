@@ -1,0 +1,91 @@
+"""A dataset split among devices: what the ServerApp and every ClientApp load.
+
+Loading is cached per process: a Ray actor that serves many devices reads the files once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fl_iot.data.base import DATASETS, LabeledData, SourceDataset
+from fl_iot.data.partition import natural_keys, partition_indices, split_device_data
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """A source dataset, its partition among devices and each device's local split."""
+
+    source: SourceDataset
+    partitions: tuple[np.ndarray, ...]
+    natural_keys: tuple[str, ...]
+    device_test_fraction: float
+    seed: int
+
+    @property
+    def num_devices(self) -> int:
+        """Number of devices (partitions)."""
+        return len(self.partitions)
+
+    def device_split(self, device_id: int) -> tuple[LabeledData, LabeledData]:
+        """Return the device's local ``(train, test)`` data."""
+        index = self.partitions[device_id]
+        local_train, local_test = split_device_data(
+            len(index), self.device_test_fraction, seed=self.seed * 100_003 + device_id
+        )
+        return self.source.train.subset(index[local_train]), self.source.train.subset(
+            index[local_test]
+        )
+
+
+def load_federated_data(
+    dataset: dict[str, Any], num_devices: int | None, seed: int
+) -> FederatedData:
+    """Load and partition the dataset described by a scenario's ``dataset`` config.
+
+    Parameters
+    ----------
+    dataset : dict
+        ``name``, ``root``, ``partition``, ``dirichlet_alpha``, ``device_test_fraction``,
+        ``options`` (as in :class:`fl_iot.config.DatasetConfig`).
+    num_devices : int or None
+        Devices to split among; ``None`` gives one per natural key.
+    seed : int
+        Seed of the run.
+    """
+    # A JSON key makes the cache insensitive to dict ordering and DictConfig vs dict.
+    return _load_cached(json.dumps(dataset, sort_keys=True, default=str), num_devices, seed)
+
+
+@lru_cache(maxsize=4)
+def _load_cached(dataset_json: str, num_devices: int | None, seed: int) -> FederatedData:
+    dataset = json.loads(dataset_json)
+    source = load_source(dataset["name"], dataset.get("root"), seed, dataset.get("options") or {})
+    partitions = partition_indices(
+        source.train.y,
+        source.groups,
+        scheme=dataset.get("partition", "natural"),
+        num_devices=num_devices,
+        seed=seed,
+        dirichlet_alpha=float(dataset.get("dirichlet_alpha", 0.5)),
+    )
+    return FederatedData(
+        source=source,
+        partitions=tuple(partitions),
+        natural_keys=tuple(natural_keys(source.groups, partitions)),
+        device_test_fraction=float(dataset.get("device_test_fraction", 0.2)),
+        seed=seed,
+    )
+
+
+def load_source(
+    name: str, root: str | Path | None, seed: int, options: dict[str, Any]
+) -> SourceDataset:
+    """Load a registered dataset by name (unknown names list the valid ones)."""
+    loader = DATASETS.get(name)
+    return loader(root=Path(root) if root else None, seed=seed, **options)

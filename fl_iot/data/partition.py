@@ -1,0 +1,168 @@
+"""Split a dataset's training samples among devices, with flwr-datasets partitioners.
+
+Three schemes are offered:
+
+``natural``
+    One device per natural key (patient, engine unit, subject, vehicle): the realistic non-IID
+    split. With fewer devices than keys, a seeded choice of keys is used.
+``iid``
+    Samples shuffled and dealt evenly (``IidPartitioner``).
+``dirichlet``
+    Label skew drawn from a Dirichlet(alpha) prior per class (``DirichletPartitioner``).
+
+flwr-datasets partitions Hugging Face ``datasets.Dataset`` objects; the samples themselves stay in
+numpy, and only an index column with the label and key goes through the partitioner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from fl_iot.errors import ConfigError
+
+PARTITION_SCHEMES = ("natural", "iid", "dirichlet")
+
+
+def partition_indices(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    scheme: str,
+    num_devices: int | None,
+    seed: int,
+    dirichlet_alpha: float = 0.5,
+    min_partition_size: int = 2,
+) -> list[np.ndarray]:
+    """Return, for each device, the indices of the training samples it holds.
+
+    Parameters
+    ----------
+    labels, groups : np.ndarray
+        Class label and natural device key of every training sample.
+    scheme : {"natural", "iid", "dirichlet"}
+        How to split.
+    num_devices : int or None
+        Number of devices; ``None`` means one per natural key.
+    seed : int
+        Seed for every random choice.
+    dirichlet_alpha : float
+        Concentration of the Dirichlet prior (smaller is more skewed).
+    min_partition_size : int
+        Smallest partition the Dirichlet sampler accepts.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown scheme, or a device count the data cannot serve.
+    """
+    num_keys = len(np.unique(groups))
+    if scheme not in PARTITION_SCHEMES:
+        raise ConfigError(
+            f"unknown partition scheme {scheme!r}; valid choices: {', '.join(PARTITION_SCHEMES)}"
+        )
+    if num_devices is not None and num_devices < 1:
+        raise ConfigError(f"num_devices must be at least 1, got {num_devices}")
+    table = _index_table(labels, groups)
+    if scheme == "natural":
+        return _natural(table, num_keys, num_devices, seed)
+    devices = num_devices if num_devices is not None else num_keys
+    if devices > len(labels):
+        raise ConfigError(
+            f"num_devices={devices} exceeds the {len(labels)} training samples of the dataset"
+        )
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+    partitioner: Any
+    if scheme == "iid":
+        partitioner = IidPartitioner(num_partitions=devices)
+        shuffled = table.shuffle(seed=seed)
+        partitioner.dataset = shuffled
+    else:
+        if dirichlet_alpha <= 0:
+            raise ConfigError(f"dirichlet_alpha must be positive, got {dirichlet_alpha}")
+        partitioner = DirichletPartitioner(
+            num_partitions=devices,
+            partition_by="label",
+            alpha=dirichlet_alpha,
+            min_partition_size=min_partition_size,
+            seed=seed,
+        )
+        partitioner.dataset = table
+    return [
+        np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64) for i in range(devices)
+    ]
+
+
+def _index_table(labels: np.ndarray, groups: np.ndarray) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_dict(
+        {
+            "index": np.arange(len(labels), dtype=np.int64),
+            "label": np.asarray(labels, dtype=np.int64),
+            "group": np.asarray(groups).astype(str),
+        }
+    )
+
+
+def _natural(table: Any, num_keys: int, num_devices: int | None, seed: int) -> list[np.ndarray]:
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    if num_devices is not None and num_devices > num_keys:
+        raise ConfigError(
+            f"num_devices={num_devices} but the natural partition has only {num_keys} devices "
+            f"(one per natural key); choose num_devices <= {num_keys} or "
+            "dataset.partition=iid|dirichlet"
+        )
+    partitioner = NaturalIdPartitioner(partition_by="group")
+    partitioner.dataset = table
+    with _quiet_progress_bars():
+        partitioner.load_partition(0)  # builds the id <-> key maps
+    # Order devices by their key so that device ids do not depend on hash seeds.
+    key_to_partition = partitioner.partition_id_to_natural_id
+    ordered = sorted(key_to_partition, key=lambda pid: key_to_partition[pid])
+    if num_devices is not None and num_devices < num_keys:
+        chosen = np.random.default_rng(seed).choice(len(ordered), num_devices, replace=False)
+        ordered = [ordered[i] for i in sorted(chosen)]
+    return [
+        np.asarray(partitioner.load_partition(pid)["index"], dtype=np.int64) for pid in ordered
+    ]
+
+
+@contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """Silence flwr-datasets' tqdm bar: one bar per device process per run is only noise."""
+    from flwr_datasets.partitioner import natural_id_partitioner
+
+    original = natural_id_partitioner.tqdm
+    natural_id_partitioner.tqdm = lambda iterable, **_: iterable
+    try:
+        yield
+    finally:
+        natural_id_partitioner.tqdm = original
+
+
+def natural_keys(groups: np.ndarray, partitions: list[np.ndarray]) -> list[str]:
+    """Return the natural key of each partition (or ``"mixed"`` when it spans several)."""
+    keys = []
+    for index in partitions:
+        unique = np.unique(np.asarray(groups)[index].astype(str))
+        keys.append(str(unique[0]) if len(unique) == 1 else "mixed")
+    return keys
+
+
+def split_device_data(
+    num_samples: int, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split one device's samples into local train and local test positions.
+
+    At least one sample stays for training; a device with a single sample has no local test set.
+    """
+    if not 0.0 <= test_fraction < 1.0:
+        raise ConfigError(f"device_test_fraction must be in [0, 1), got {test_fraction}")
+    order = np.random.default_rng(seed).permutation(num_samples)
+    n_test = min(int(round(num_samples * test_fraction)), num_samples - 1)
+    return np.sort(order[n_test:]), np.sort(order[:n_test])

@@ -1,0 +1,110 @@
+"""Small models that fit IoT devices, built from a dataset's input shape and class count.
+
+Scenario configs name a model with Hydra's ``_target_`` and ``_partial_: true``; fl-iot completes
+the call with ``input_shape`` and ``num_classes`` from the dataset. Every model here avoids batch
+normalisation so that Opacus can compute per-sample gradients without replacing layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class Mlp(nn.Module):
+    """Fully connected network on flattened inputs.
+
+    Parameters
+    ----------
+    input_shape : sequence of int
+        Shape of one sample; it is flattened.
+    num_classes : int
+        Number of output logits.
+    hidden : sequence of int
+        Widths of the hidden layers.
+    dropout : float
+        Dropout after each hidden layer.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        hidden: Sequence[int] = (64, 32),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = math.prod(input_shape)
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return class logits."""
+        return self.net(x)
+
+
+class Cnn1d(nn.Module):
+    """1-D convolutional network for multichannel time series of shape ``(channels, length)``.
+
+    Parameters
+    ----------
+    input_shape : sequence of int
+        ``(channels, length)`` of one sample.
+    num_classes : int
+        Number of output logits.
+    channels : sequence of int
+        Output channels of each conv block (conv, ReLU, max-pool by 2).
+    kernel_size : int
+        Convolution kernel width.
+    hidden : int
+        Width of the dense layer after global average pooling.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        channels: Sequence[int] = (16, 32),
+        kernel_size: int = 5,
+        hidden: int = 32,
+    ) -> None:
+        super().__init__()
+        if len(input_shape) != 2:
+            raise ValueError(
+                f"Cnn1d needs inputs shaped (channels, length), got shape {tuple(input_shape)}"
+            )
+        in_channels = int(input_shape[0])
+        blocks: list[nn.Module] = []
+        for out_channels in channels:
+            blocks += [
+                nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+                nn.ReLU(),
+                nn.MaxPool1d(2),
+            ]
+            in_channels = out_channels
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool1d(1),
+            nn.Flatten(),
+            nn.Linear(in_channels, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return class logits."""
+        return self.head(self.features(x))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,129 @@
+"""Which Flower node is which device: the roll call, and a grid that lists nodes in device order.
+
+Flower gives simulated nodes random 64-bit ids, so "the first node" differs between runs. Before
+round 1 the server asks every node for its device id (a ``query`` message); from then on nodes are
+listed in device-id order, which, with a seeded sampler, makes the choice of devices per round
+reproducible. Waiting for every node also avoids Flower's round-1 under-sampling race.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.supercore.run import Run
+from flwr.serverapp import Grid
+
+from fl_iot.protocol import DEVICE, DEVICE_ID, ROLL_CALL
+
+log = logging.getLogger(__name__)
+
+
+class RosterError(RuntimeError):
+    """Nodes did not connect or did not answer the roll call in time."""
+
+
+@dataclass(frozen=True)
+class Roster:
+    """The mapping from Flower node id to device id."""
+
+    node_to_device: dict[int, int]
+
+    def device_of(self, node_id: int) -> int | None:
+        """Device id of a node, or ``None`` for a node that did not answer the roll call."""
+        return self.node_to_device.get(node_id)
+
+    def sort_key(self, node_id: int) -> tuple[int, int]:
+        """Order nodes by device id; unknown nodes last, by node id."""
+        device = self.node_to_device.get(node_id)
+        return (0, device) if device is not None else (1, node_id)
+
+
+def take_roll_call(grid: Grid, num_devices: int, timeout_s: float) -> Roster:
+    """Wait for ``num_devices`` nodes, ask each for its device id, and return the mapping.
+
+    Raises
+    ------
+    RosterError
+        If the nodes do not all connect or answer within ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while len(node_ids := list(grid.get_node_ids())) < num_devices:
+        if time.monotonic() > deadline:
+            raise RosterError(
+                f"only {len(node_ids)} of {num_devices} nodes connected within {timeout_s:.0f} s"
+            )
+        time.sleep(0.05)
+    messages = [
+        Message(content=RecordDict(), message_type=ROLL_CALL, dst_node_id=node_id)
+        for node_id in node_ids
+    ]
+    replies = grid.send_and_receive(messages, timeout=max(1.0, deadline - time.monotonic()))
+    mapping: dict[int, int] = {}
+    for reply in replies:
+        if reply.has_error():
+            log.warning("node %s failed the roll call: %s", reply.metadata.src_node_id, reply.error.reason)
+            continue
+        record = reply.content.config_records.get(DEVICE)
+        device_id = record.get(DEVICE_ID) if record is not None else None
+        if not isinstance(device_id, int):
+            log.warning("node %s answered the roll call without a device id", reply.metadata.src_node_id)
+            continue
+        mapping[reply.metadata.src_node_id] = device_id
+    duplicates = len(mapping) - len(set(mapping.values()))
+    if len(mapping) < num_devices or duplicates:
+        raise RosterError(
+            f"roll call: {len(mapping)} of {num_devices} nodes answered with a device id"
+            + (f", {duplicates} device ids claimed twice" if duplicates else "")
+        )
+    return Roster(mapping)
+
+
+def roll_call_reply(message: Message, device_id: int) -> Message:
+    """The ClientApp's answer to a roll call."""
+    return Message(
+        content=RecordDict({DEVICE: ConfigRecord({DEVICE_ID: device_id})}), reply_to=message
+    )
+
+
+class DeviceOrderedGrid(Grid):
+    """A grid that lists node ids in device order and otherwise defers to the real grid."""
+
+    def __init__(self, grid: Grid, roster: Roster) -> None:
+        self._grid = grid
+        self._roster = roster
+
+    def set_run(self, run: Run) -> None:  # noqa: D102
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Run:  # noqa: D102
+        return self._grid.run
+
+    def create_message(  # noqa: D102
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Node ids sorted by device id."""
+        return sorted(self._grid.get_node_ids(), key=self._roster.sort_key)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(  # noqa: D102
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self._grid.send_and_receive(messages, timeout=timeout)
