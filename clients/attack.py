@@ -30,7 +30,9 @@ class Attack:
     def __init__(self, **options: object) -> None:
         self.options = options
 
-    def poison_data(self, data: LabeledData, num_classes: int, rng: np.random.Generator) -> LabeledData:
+    def poison_data(
+        self, data: LabeledData, num_classes: int, rng: np.random.Generator
+    ) -> LabeledData:
         """Return the data the attacker trains on (default: unchanged)."""
         return data
 

@@ -46,7 +46,7 @@ class ScenarioConfig:
     description: str = ""
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: Any = MISSING
-    num_devices: int | None = None
+    num_devices: int = MISSING
     num_rounds: int = 10
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
@@ -135,11 +135,32 @@ class Config:
 
 
 def register_configs() -> None:
-    """Register the schema in Hydra's ConfigStore as ``base_config`` (idempotent)."""
+    """Register the schema as ``base_config`` and the ``fl_iot.*`` resolvers (idempotent)."""
     ConfigStore.instance().store(name="base_config", node=Config)
+    for name, resolver in (
+        ("fl_iot.attackers_per_round", attackers_per_round),
+        ("fl_iot.honest_per_round", honest_per_round),
+    ):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
-SINK_NAMES = ("console", "jsonl", "summary", "plot", "checkpoint", "wandb")
+def devices_per_round(cfg: DictConfig) -> int:
+    """Devices sampled per training round, as Flower's FedAvg computes it."""
+    scenario = cfg.scenario
+    return max(int(scenario.num_devices * scenario.fraction_train), scenario.min_train_devices)
+
+
+def attackers_per_round(*, _root_: DictConfig) -> int:
+    """Expected attackers among the devices sampled per round (Krum's and Bulyan's ``f``)."""
+    return round(_root_.attack.fraction * devices_per_round(_root_))
+
+
+def honest_per_round(*, _root_: DictConfig) -> int:
+    """Expected honest devices per round (MultiKrum's number of updates to keep), at least 1."""
+    return max(1, devices_per_round(_root_) - attackers_per_round(_root_=_root_))
+
+
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -153,18 +174,18 @@ def validate_config(cfg: DictConfig | Config) -> None:
     """
     from clients import ATTACKS, TRAINERS
     from fl_iot.data import DATASETS
+    from fl_iot.tracking import SINK_FACTORIES
 
     scenario = cfg.scenario
-    _require(scenario.num_rounds >= 1, f"scenario.num_rounds must be >= 1, got {scenario.num_rounds}")
+    _require(
+        scenario.num_rounds >= 1, f"scenario.num_rounds must be >= 1, got {scenario.num_rounds}"
+    )
     for key in ("fraction_train", "fraction_evaluate"):
         value = scenario[key] if isinstance(scenario, DictConfig) else getattr(scenario, key)
         _require(0.0 < value <= 1.0, f"scenario.{key} must be in (0, 1], got {value}")
-    if scenario.num_devices is not None:
-        _require(
-            scenario.num_devices >= 2,
-            f"scenario.num_devices must be >= 2 (or null for one device per natural key), "
-            f"got {scenario.num_devices}",
-        )
+    _require(
+        scenario.num_devices >= 2, f"scenario.num_devices must be >= 2, got {scenario.num_devices}"
+    )
     _require(
         scenario.min_train_devices >= 1,
         f"scenario.min_train_devices must be >= 1, got {scenario.min_train_devices}",
@@ -185,10 +206,15 @@ def validate_config(cfg: DictConfig | Config) -> None:
         f"{', '.join(n for n in ATTACKS.names() if n != 'none')}",
     )
     for name in cfg.tracking.sinks:
-        _require(name in SINK_NAMES, f"unknown sink {name!r}; valid choices: {', '.join(SINK_NAMES)}")
+        _require(
+            name in SINK_FACTORIES,
+            f"unknown sink {name!r} in tracking.sinks; valid choices: "
+            f"{', '.join(sorted(SINK_FACTORIES))}",
+        )
     _require(
         cfg.tracking.wandb.mode in WANDB_MODES,
-        f"tracking.wandb.mode must be one of {', '.join(WANDB_MODES)}, got {cfg.tracking.wandb.mode!r}",
+        f"tracking.wandb.mode must be one of {', '.join(WANDB_MODES)}, "
+        f"got {cfg.tracking.wandb.mode!r}",
     )
     _require(
         cfg.engine.num_cpus_per_client > 0,

@@ -39,6 +39,4 @@ class DatasetNotFoundError(FlIotError, FileNotFoundError):
 
     def __init__(self, dataset: str, looked_in: Iterable[str], how_to_get: str) -> None:
         places = "\n".join(f"  - {place}" for place in looked_in)
-        super().__init__(
-            f"dataset {dataset!r} not found. Looked in:\n{places}\n{how_to_get}"
-        )
+        super().__init__(f"dataset {dataset!r} not found. Looked in:\n{places}\n{how_to_get}")

@@ -104,6 +104,6 @@ def choose_attackers(num_devices: int, fraction: float, seed: int) -> frozenset[
     """Choose ``round(fraction * num_devices)`` attacker ids with a seeded RNG."""
     if not 0.0 <= fraction <= 1.0:
         raise ConfigError(f"attack.fraction must be in [0, 1], got {fraction}")
-    count = int(round(fraction * num_devices))
+    count = round(fraction * num_devices)
     rng = np.random.default_rng([seed, 0xA77AC])
     return frozenset(int(i) for i in rng.choice(num_devices, size=count, replace=False))

@@ -35,9 +35,7 @@ def scores(confusion: np.ndarray) -> dict[str, float]:
     with np.errstate(divide="ignore", invalid="ignore"):
         recall = np.where(support > 0, true_positive / support, 0.0)
         precision = np.where(predicted > 0, true_positive / predicted, 0.0)
-        f1 = np.where(
-            precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0
-        )
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     return {
         "accuracy": float(true_positive.sum() / total) if total else 0.0,
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,

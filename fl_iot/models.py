@@ -108,3 +108,18 @@ class Cnn1d(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_model(model_cfg: object, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """Instantiate a scenario's model config for a dataset's input shape and class count.
+
+    ``model_cfg`` is a Hydra node with ``_target_`` (and usually ``_partial_: true``); the call is
+    completed with ``input_shape`` and ``num_classes``.
+    """
+    from hydra.utils import instantiate
+
+    factory = instantiate(model_cfg, _partial_=True)
+    model = factory(input_shape=tuple(input_shape), num_classes=num_classes)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model config built {type(model).__name__}, not a torch.nn.Module")
+    return model

@@ -33,5 +33,5 @@ DEVICE_CLASS = "device-class"
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
 
-ROLL_CALL = "query.roll-call"
+ROLL_CALL = "query.roll_call"
 """Message type of the roll call that maps Flower node ids to device ids."""

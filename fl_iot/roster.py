@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.supercore.run import Run
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 
 from fl_iot.protocol import DEVICE, DEVICE_ID, ROLL_CALL
 
@@ -65,12 +65,16 @@ def take_roll_call(grid: Grid, num_devices: int, timeout_s: float) -> Roster:
     mapping: dict[int, int] = {}
     for reply in replies:
         if reply.has_error():
-            log.warning("node %s failed the roll call: %s", reply.metadata.src_node_id, reply.error.reason)
+            log.warning(
+                "node %s failed the roll call: %s", reply.metadata.src_node_id, reply.error.reason
+            )
             continue
         record = reply.content.config_records.get(DEVICE)
         device_id = record.get(DEVICE_ID) if record is not None else None
         if not isinstance(device_id, int):
-            log.warning("node %s answered the roll call without a device id", reply.metadata.src_node_id)
+            log.warning(
+                "node %s answered the roll call without a device id", reply.metadata.src_node_id
+            )
             continue
         mapping[reply.metadata.src_node_id] = device_id
     duplicates = len(mapping) - len(set(mapping.values()))

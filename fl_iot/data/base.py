@@ -97,7 +97,9 @@ class DatasetLoader(Protocol):
     :class:`fl_iot.errors.DatasetNotFoundError`.
     """
 
-    def __call__(self, root: Path | None, seed: int, **options: object) -> SourceDataset: ...
+    def __call__(self, root: Path | None, seed: int, **options: object) -> SourceDataset:
+        """Load the dataset."""
+        ...
 
 
 DATASETS: Registry[Callable[..., SourceDataset]] = Registry("dataset", "fl_iot.datasets")

@@ -5,6 +5,7 @@ Loading is cached per process: a Ray actor that serves many devices reads the fi
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,6 +16,7 @@ import numpy as np
 
 from fl_iot.data.base import DATASETS, LabeledData, SourceDataset
 from fl_iot.data.partition import natural_keys, partition_indices, split_device_data
+from fl_iot.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,18 @@ def _load_cached(dataset_json: str, num_devices: int | None, seed: int) -> Feder
 def load_source(
     name: str, root: str | Path | None, seed: int, options: dict[str, Any]
 ) -> SourceDataset:
-    """Load a registered dataset by name (unknown names list the valid ones)."""
+    """Load a registered dataset by name (unknown names and options list the valid ones)."""
     loader = DATASETS.get(name)
+    accepted = [
+        p.name
+        for p in inspect.signature(loader).parameters.values()
+        if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(options) - set(accepted) - {"root", "seed"})
+    if unknown:
+        valid = ", ".join(a for a in accepted if a not in ("root", "seed")) or "(none)"
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)} for dataset {name!r} "
+            f"(scenario.dataset.options); valid options: {valid}"
+        )
     return loader(root=Path(root) if root else None, seed=seed, **options)

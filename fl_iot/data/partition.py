@@ -127,9 +127,7 @@ def _natural(table: Any, num_keys: int, num_devices: int | None, seed: int) -> l
     if num_devices is not None and num_devices < num_keys:
         chosen = np.random.default_rng(seed).choice(len(ordered), num_devices, replace=False)
         ordered = [ordered[i] for i in sorted(chosen)]
-    return [
-        np.asarray(partitioner.load_partition(pid)["index"], dtype=np.int64) for pid in ordered
-    ]
+    return [np.asarray(partitioner.load_partition(pid)["index"], dtype=np.int64) for pid in ordered]
 
 
 @contextmanager
@@ -164,5 +162,5 @@ def split_device_data(
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"device_test_fraction must be in [0, 1), got {test_fraction}")
     order = np.random.default_rng(seed).permutation(num_samples)
-    n_test = min(int(round(num_samples * test_fraction)), num_samples - 1)
+    n_test = min(round(num_samples * test_fraction), num_samples - 1)
     return np.sort(order[n_test:]), np.sort(order[:n_test])

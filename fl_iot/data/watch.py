@@ -56,7 +56,7 @@ def load_watch(
         test_recordings.update(
             int(i) for i in rng.choice(recordings, test_recordings_per_subject, replace=False)
         )
-    step = max(1, int(round(window * (1.0 - overlap))))
+    step = max(1, round(window * (1.0 - overlap)))
     parts: dict[bool, tuple[list[np.ndarray], list[int], list[int]]] = {
         False: ([], [], []),
         True: ([], [], []),
@@ -83,5 +83,7 @@ def load_watch(
         groups=np.asarray([f"subject-{g:02d}" for g in parts[False][2]]),
         test=_labeled(parts[True][0], parts[True][1]),
         class_names=tuple(str(n) for n in raw["y_labels"]),
-        description="seglearn smartwatch shoulder exercises, 6-axis IMU windows, one device per subject",
+        description=(
+            "seglearn smartwatch shoulder exercises, 6-axis IMU windows, one device per subject"
+        ),
     )

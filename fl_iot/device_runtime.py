@@ -1,0 +1,206 @@
+"""What a device does when a message reaches it: train or evaluate the global model locally.
+
+The ClientApp is a thin Flower shell around these functions; they take the composed config and
+the node's context and return reply records, so they are testable without Flower's runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from clients import ATTACKS, TRAINERS, Attack, TrainSettings
+from fl_iot import protocol as P
+from fl_iot.data import FederatedData, load_federated_data
+from fl_iot.federation import Device, Federation, build_federation
+from fl_iot.metrics import evaluate_model
+from fl_iot.models import build_model
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDeclinedError(RuntimeError):
+    """The device's trainer refused this round (for example, its privacy budget is spent)."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything derived from the config that every device of a run shares."""
+
+    cfg: DictConfig
+    data: FederatedData
+    federation: Federation
+
+
+def run_context(cfg: DictConfig) -> RunContext:
+    """Load (once per process) the data and federation of the run described by ``cfg``."""
+    return _run_context_cached(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+@lru_cache(maxsize=4)
+def _run_context_cached(cfg_yaml: str) -> RunContext:
+    cfg = OmegaConf.create(cfg_yaml)
+    assert isinstance(cfg, DictConfig)
+    data = load_federated_data(
+        OmegaConf.to_container(cfg.scenario.dataset, resolve=True),  # type: ignore[arg-type]
+        cfg.scenario.num_devices,
+        cfg.seed,
+    )
+    federation = build_federation(
+        data.natural_keys,
+        dict(cfg.scenario.device_mix),
+        cfg.attack.fraction,
+        cfg.seed,
+    )
+    return RunContext(cfg, data, federation)
+
+
+def device_id_of(context: Context) -> int:
+    """The device a node serves: ``device-id`` in deployment, ``partition-id`` in simulation."""
+    node_config = context.node_config
+    for key in ("device-id", "partition-id"):
+        if key in node_config:
+            return int(node_config[key])
+    raise KeyError(
+        "node_config has neither 'device-id' nor 'partition-id'; start the SuperNode with "
+        '--node-config "device-id=<n>"'
+    )
+
+
+def device_seed(seed: int, device_id: int, server_round: int) -> int:
+    """A seed for one device in one round, independent across devices and rounds."""
+    return int(np.random.SeedSequence([seed, device_id, server_round]).generate_state(1)[0])
+
+
+def fresh_model(run: RunContext, arrays: ArrayRecord | None = None) -> nn.Module:
+    """The scenario's model, loaded with ``arrays`` when given."""
+    model = build_model(
+        run.cfg.scenario.model, run.data.source.input_shape, run.data.source.num_classes
+    )
+    if arrays is not None:
+        model.load_state_dict(arrays.to_torch_state_dict())
+    return model
+
+
+def train_settings(
+    run: RunContext, device: Device, server_round: int, config: ConfigRecord
+) -> TrainSettings:
+    """The local training settings of ``device``: its class budget plus the scenario optimiser."""
+    device_class = run.cfg.device_classes[device.device_class]
+    optimizer = run.cfg.scenario.optimizer
+    scenario = run.cfg.scenario
+    return TrainSettings(
+        local_epochs=device_class.local_epochs,
+        max_steps=device_class.max_steps,
+        batch_size=device_class.batch_size,
+        learning_rate=optimizer.learning_rate,
+        momentum=optimizer.momentum,
+        weight_decay=optimizer.weight_decay,
+        proximal_mu=float(config.get(P.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
+        seed=device_seed(run.cfg.seed, device.device_id, server_round),
+        planned_rounds=scenario.num_rounds,
+        participation=scenario.fraction_train,
+        privacy=OmegaConf.to_container(device_class.privacy, resolve=True),  # type: ignore[arg-type]
+    )
+
+
+def attack_of(run: RunContext, device: Device) -> Attack | None:
+    """The attack this device runs, or ``None`` for an honest device."""
+    if not device.attacker:
+        return None
+    options: dict[str, Any] = OmegaConf.to_container(run.cfg.attack.options, resolve=True)  # type: ignore[assignment]
+    return ATTACKS.get(run.cfg.attack.name)(**options)
+
+
+def train_on_device(
+    cfg: DictConfig, device_id: int, content: RecordDict, state: RecordDict
+) -> RecordDict:
+    """Train the received global model on the device's local data and build the reply.
+
+    Raises
+    ------
+    TrainingDeclinedError
+        When the device's trainer refuses the round; the ClientApp turns it into an error reply.
+    """
+    torch.set_num_threads(1)  # one thread per client process: see perf-baseline.md §1
+    run = run_context(cfg)
+    device = run.federation[device_id]
+    global_arrays: ArrayRecord = content[P.ARRAYS]  # type: ignore[assignment]
+    config: ConfigRecord = content.get(P.CONFIG, ConfigRecord())  # type: ignore[assignment]
+    server_round = int(config.get(P.SERVER_ROUND, 0))  # type: ignore[arg-type]
+    settings = train_settings(run, device, server_round, config)
+    local_train, _ = run.data.device_split(device_id)
+    attack = attack_of(run, device)
+    rng = np.random.default_rng(settings.seed)
+    if attack is not None:
+        local_train = attack.poison_data(local_train, run.data.source.num_classes, rng)
+
+    model = fresh_model(run, global_arrays)
+    torch.manual_seed(settings.seed)
+    trainer = TRAINERS.get(run.cfg.device_classes[device.device_class].trainer)(
+        **OmegaConf.to_container(run.cfg.device_classes[device.device_class].trainer_options)  # type: ignore[arg-type]
+    )
+    report = trainer.train(model, local_train, settings, state)
+    if report.declined is not None:
+        raise TrainingDeclinedError(
+            f"device {device_id} ({device.device_class}): {report.declined}"
+        )
+
+    local = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    num_examples = report.num_examples
+    if attack is not None:
+        attacked = attack.poison_update(
+            {k: np.asarray(v.numpy()) for k, v in global_arrays.items()}, local, num_examples, rng
+        )
+        local, num_examples = attacked.arrays, attacked.num_examples
+    relative_speed = run.cfg.device_classes[device.device_class].relative_speed
+    metrics: dict[str, Any] = {
+        P.NUM_EXAMPLES: num_examples,
+        P.TRAIN_LOSS: report.loss,
+        P.TRAIN_STEPS: report.steps,
+        P.WALL_TIME: report.wall_time_s,
+        P.COMPUTE_TIME: report.wall_time_s / relative_speed,
+        **report.metrics,
+    }
+    return RecordDict(
+        {
+            P.ARRAYS: ArrayRecord({k: torch.from_numpy(np.asarray(v)) for k, v in local.items()}),
+            P.METRICS: MetricRecord(metrics),
+            P.DEVICE: device_record(device),
+        }
+    )
+
+
+def evaluate_on_device(cfg: DictConfig, device_id: int, content: RecordDict) -> RecordDict:
+    """Evaluate the received global model on the device's local test split."""
+    torch.set_num_threads(1)
+    run = run_context(cfg)
+    device = run.federation[device_id]
+    _, local_test = run.data.device_split(device_id)
+    model = fresh_model(run, content[P.ARRAYS])  # type: ignore[arg-type]
+    loss, confusion = evaluate_model(model, local_test, run.data.source.num_classes)
+    return RecordDict(
+        {
+            P.METRICS: MetricRecord(
+                {
+                    P.NUM_EXAMPLES: len(local_test),
+                    P.EVAL_LOSS: 0.0 if np.isnan(loss) else loss,
+                    P.CONFUSION: [int(c) for c in confusion.ravel()],
+                }
+            ),
+            P.DEVICE: device_record(device),
+        }
+    )
+
+
+def device_record(device: Device) -> ConfigRecord:
+    """The identity a device attaches to each reply."""
+    return ConfigRecord({P.DEVICE_ID: device.device_id, P.DEVICE_CLASS: device.device_class})

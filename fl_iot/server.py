@@ -1,0 +1,137 @@
+"""The server side of a run: build everything from the config, take the roll call, run rounds.
+
+:func:`run_server` is what the ServerApp's ``@app.main()`` calls, under the Simulation Engine and
+under the Deployment Engine alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from fl_iot.config import to_container
+from fl_iot.device_runtime import RunContext, fresh_model, run_context
+from fl_iot.metrics import evaluate_model, scores
+from fl_iot.models import count_parameters
+from fl_iot.roster import take_roll_call
+from fl_iot.round_loop import RoundLoop
+from fl_iot.tracking import History, RunInfo, build_sinks, package_versions, summarize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a finished run hands back to its caller (the CLI returns ``summary`` to Hydra)."""
+
+    summary: dict[str, Any] = field(default_factory=dict)
+    arrays: ArrayRecord | None = None
+
+
+def build_strategy(cfg: DictConfig) -> Strategy:
+    """Instantiate ``cfg.strategy`` (any importable ``Strategy`` via ``_target_``)."""
+    strategy = instantiate(cfg.strategy)
+    if not isinstance(strategy, Strategy):
+        raise TypeError(
+            f"strategy._target_={cfg.strategy.get('_target_')!r} built a "
+            f"{type(strategy).__name__}, not a flwr.serverapp.strategy.Strategy"
+        )
+    return strategy
+
+
+def initial_arrays(run: RunContext) -> ArrayRecord:
+    """The seeded initial global model."""
+    torch.manual_seed(run.cfg.seed)
+    return ArrayRecord(fresh_model(run).state_dict())
+
+
+def central_evaluator(run: RunContext):  # type: ignore[no-untyped-def]
+    """Evaluate the global model on the dataset's central held-out split."""
+    test = run.data.source.test
+    num_classes = run.data.source.num_classes
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> dict[str, float]:
+        loss, confusion = evaluate_model(fresh_model(run, arrays), test, num_classes)
+        return {**scores(confusion), "loss": loss}
+
+    return evaluate
+
+
+def run_server(
+    grid: Grid, cfg: DictConfig, output_dir: Path, result: RunResult | None = None
+) -> RunResult:
+    """Run the study of ``cfg`` over ``grid`` and write its results to ``output_dir``."""
+    started = time.perf_counter()
+    result = result if result is not None else RunResult()
+    torch.set_num_threads(1)
+    run = run_context(cfg)
+    strategy = build_strategy(cfg)
+    arrays = initial_arrays(run)
+    info = RunInfo(
+        config=to_container(cfg),
+        output_dir=output_dir,
+        dataset={
+            "name": run.data.source.name,
+            "description": run.data.source.description,
+            "synthetic": run.data.source.synthetic,
+            "classes": list(run.data.source.class_names),
+            "input_shape": list(run.data.source.input_shape),
+            "train_samples": len(run.data.source.train),
+            "central_test_samples": len(run.data.source.test),
+        },
+        federation={
+            "num_devices": len(run.federation),
+            "device_classes": run.federation.class_counts(),
+            "attackers": sorted(run.federation.attackers),
+            "samples_per_device": [len(p) for p in run.data.partitions],
+        },
+        model_parameters=count_parameters(fresh_model(run)),
+        versions=package_versions(),
+    )
+    history = History()
+    sinks = [history, *build_sinks(cfg, info)]
+    for sink in sinks:
+        sink.start(info)
+    status, error_text = "completed", ""
+    try:
+        roster = take_roll_call(grid, len(run.federation), cfg.engine.round_timeout_s)
+        setup_s = time.perf_counter() - started
+        loop = RoundLoop(
+            grid=grid,
+            strategy=strategy,
+            roster=roster,
+            federation=run.federation,
+            num_rounds=cfg.scenario.num_rounds,
+            seed=cfg.seed,
+            num_classes=run.data.source.num_classes,
+            round_timeout_s=cfg.engine.round_timeout_s,
+            central_evaluation=central_evaluator(run) if cfg.scenario.central_evaluation else None,
+            sinks=sinks,
+        )
+        rounds_started = time.perf_counter()
+        arrays, initial = loop.run(arrays)
+        timings = {
+            "setup_s": setup_s,
+            "rounds_s": time.perf_counter() - rounds_started,
+            "server_total_s": time.perf_counter() - started,
+        }
+    except BaseException as error:
+        status, error_text = "failed", f"{type(error).__name__}: {error}"
+        timings, initial = {"server_total_s": time.perf_counter() - started}, {}
+        raise
+    finally:
+        summary = summarize(info, history.records, status, error_text, timings, initial)
+        for sink in sinks:
+            sink.finish(summary, arrays)
+        result.summary, result.arrays = summary, arrays
+    return result

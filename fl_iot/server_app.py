@@ -1,0 +1,42 @@
+"""The Flower ServerApp: the federated study's server.
+
+``app`` is the ServerApp that ``flwr run`` loads (``[tool.flwr.app.components]``); it composes the
+Hydra config from the run-config and writes results to the run-config's ``output-dir`` (default
+``./outputs/flwr-run-<run id>`` under the SuperLink's working directory). The Hydra CLI builds the
+same app with :func:`build_server_app` around the config it already composed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from omegaconf import DictConfig
+
+from fl_iot.run_config import config_from_run_config
+from fl_iot.server import RunResult, run_server
+
+
+def build_server_app(
+    config_source: Callable[[Context], DictConfig],
+    output_dir_source: Callable[[Context], Path],
+    result: RunResult | None = None,
+) -> ServerApp:
+    """Build the ServerApp; ``result`` (when given) receives the summary and final model."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_server(grid, config_source(context), output_dir_source(context), result)
+
+    return app
+
+
+def _output_dir(context: Context) -> Path:
+    configured = str(context.run_config.get("output-dir") or "")
+    return Path(configured) if configured else Path.cwd() / "outputs" / f"flwr-run-{context.run_id}"
+
+
+app = build_server_app(lambda context: config_from_run_config(context.run_config), _output_dir)

@@ -1,0 +1,63 @@
+"""The sink contract and the run description every sink receives."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord
+
+from fl_iot.round_loop import RoundRecord, RoundSink
+
+
+@dataclass
+class RunInfo:
+    """What a run is: its config, data, federation, model size and software versions."""
+
+    config: dict[str, Any]
+    output_dir: Path
+    dataset: dict[str, Any] = field(default_factory=dict)
+    federation: dict[str, Any] = field(default_factory=dict)
+    model_parameters: int = 0
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+class Sink(RoundSink):
+    """Receives a run's start, each round and its end. Methods are no-ops by default."""
+
+    def start(self, info: RunInfo) -> None:
+        """Called once before the first round."""
+
+    def log_round(self, record: RoundRecord) -> None:
+        """Called once per completed round."""
+
+    def finish(self, summary: dict[str, Any], arrays: ArrayRecord | None) -> None:
+        """Called once at the end, also when the run failed (``summary["status"]``)."""
+
+
+class History(Sink):
+    """Keeps every round record in memory, for the summary."""
+
+    def __init__(self) -> None:
+        self.records: list[RoundRecord] = []
+
+    def log_round(self, record: RoundRecord) -> None:  # noqa: D102
+        self.records.append(record)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars made Python and non-finite floats made ``None`` (valid JSON)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,74 @@
+"""Live progress on the console: one line per round."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flwr.app import ArrayRecord
+
+from fl_iot.round_loop import RoundRecord
+from fl_iot.tracking.base import RunInfo, Sink
+
+log = logging.getLogger("fl_iot.progress")
+
+
+class ConsoleSink(Sink):
+    """Logs the run's shape at start, a line per round, and the outcome at the end."""
+
+    def start(self, info: RunInfo) -> None:  # noqa: D102
+        scenario = info.config["scenario"]
+        log.info(
+            "scenario %s: %d devices %s, %d rounds, dataset %s%s, model %d parameters, strategy %s",
+            scenario["name"],
+            info.federation["num_devices"],
+            info.federation["device_classes"],
+            scenario["num_rounds"],
+            info.dataset["name"],
+            " (synthetic)" if info.dataset["synthetic"] else "",
+            info.model_parameters,
+            info.config["strategy"].get("_target_", "?").rsplit(".", 1)[-1],
+        )
+        log.info("writing results to %s", info.output_dir)
+
+    def log_round(self, record: RoundRecord) -> None:  # noqa: D102
+        log.info(format_round(record))
+
+    def finish(self, summary: dict[str, Any], arrays: ArrayRecord | None) -> None:  # noqa: D102
+        central = summary["final"]["central"]
+        if summary["status"] == "completed":
+            log.info(
+                "done in %.1f s: central accuracy %s, macro-F1 %s",
+                summary["timings"].get("server_total_s", 0.0),
+                _fmt(central.get("accuracy")),
+                _fmt(central.get("macro_f1")),
+            )
+        else:
+            log.error("run %s: %s", summary["status"], summary["error"])
+
+
+def format_round(record: RoundRecord) -> str:
+    """One progress line, e.g. ``[round 3/10] central acc 0.912 f1 0.713 loss 0.310 | ...``."""
+    parts = [f"[round {record.round}/{record.num_rounds}]"]
+    for label, metrics in (("central", record.central), ("federated", record.federated)):
+        if metrics:
+            parts.append(
+                f"{label} acc {_fmt(metrics.get('accuracy'))} f1 {_fmt(metrics.get('macro_f1'))} "
+                f"loss {_fmt(metrics.get('loss'))}"
+            )
+    clients = f"clients {record.replied}/{record.sampled} replied"
+    if record.failed:
+        clients += f", {record.failed} failed"
+    if record.missing:
+        clients += f", {record.missing} missing"
+    if record.detection:
+        clients += f", rejected {int(record.detection['rejected'])}"
+    parts.append("| " + clients)
+    parts.append(f"| {record.elapsed_s:.1f} s")
+    if record.errors:
+        parts.append(f"| errors: {'; '.join(record.errors)}")
+    return " ".join(parts)
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"

@@ -1,0 +1,106 @@
+"""The end-of-run summary: final and best metrics, config, versions, seed, timings."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from typing import Any
+
+from fl_iot.round_loop import RoundRecord
+from fl_iot.tracking.base import RunInfo, jsonable
+
+VERSIONED_PACKAGES = (
+    "fl-iot",
+    "flwr",
+    "flwr-datasets",
+    "torch",
+    "opacus",
+    "dp-accounting",
+    "hydra-core",
+    "omegaconf",
+    "numpy",
+    "ray",
+    "wandb",
+)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that decide a run's numbers."""
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def summarize(
+    info: RunInfo,
+    records: list[RoundRecord],
+    status: str,
+    error: str,
+    timings: dict[str, float],
+    initial_central: dict[str, float],
+) -> dict[str, Any]:
+    """Build ``summary.json``'s content from the run description and its round records."""
+    last = records[-1] if records else None
+    round_times = [r.round_time_s for r in records]
+    summary: dict[str, Any] = {
+        "status": status,
+        "error": error,
+        "scenario": info.config.get("scenario", {}).get("name"),
+        "strategy": info.config.get("strategy", {}).get("_target_"),
+        "seed": info.config.get("seed"),
+        "rounds_completed": len(records),
+        "final": {
+            "central": last.central if last else {},
+            "federated": last.federated if last else {},
+            "train": last.train if last else {},
+            "by_class": last.by_class if last else {},
+        },
+        "best_central": _best(records, "central"),
+        "initial_central": initial_central,
+        "detection": _mean_detection(records),
+        "clients": {
+            "sampled": sum(r.sampled for r in records),
+            "replied": sum(r.replied for r in records),
+            "failed": sum(r.failed for r in records),
+            "missing": sum(r.missing for r in records),
+        },
+        "timings": {
+            **timings,
+            "mean_round_s": sum(round_times) / len(round_times) if round_times else None,
+        },
+        "errors": [f"round {r.round}: {e}" for r in records for e in r.errors],
+        "dataset": info.dataset,
+        "federation": info.federation,
+        "model_parameters": info.model_parameters,
+        "versions": info.versions,
+        "config": info.config,
+    }
+    return jsonable(summary)
+
+
+def _best(records: list[RoundRecord], part: str) -> dict[str, float]:
+    scored = [r for r in records if getattr(r, part).get("macro_f1") is not None]
+    if not scored:
+        return {}
+    best = max(scored, key=lambda r: getattr(r, part)["macro_f1"])
+    return {"round": best.round, **getattr(best, part)}
+
+
+def _mean_detection(records: list[RoundRecord]) -> dict[str, float]:
+    """Precision and recall of rejection over the whole run (micro-averaged over rounds)."""
+    rounds = [r.detection for r in records if r.detection]
+    if not rounds:
+        return {}
+    caught = sum(d["caught"] for d in rounds)
+    rejected = sum(d["rejected"] for d in rounds)
+    attackers = sum(d["attackers"] for d in rounds)
+    return {
+        "precision": caught / rejected if rejected else 1.0,
+        "recall": caught / attackers if attackers else 1.0,
+        "rejected": rejected,
+        "attackers": attackers,
+    }

@@ -1,0 +1,87 @@
+"""Weights & Biases tracking: config at start, metrics per round, summary at the end.
+
+Runs offline unless the user configured online use (``tracking.wandb.mode=online`` and a logged-in
+``wandb``); offline runs can be uploaded later with ``wandb sync <run dir>/wandb/offline-run-*``.
+Multirun jobs share a W&B group (the sweep directory's name unless ``tracking.wandb.group`` is set).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ArrayRecord
+
+from fl_iot.round_loop import RoundRecord
+from fl_iot.tracking.base import RunInfo, Sink, jsonable
+
+
+class WandbSink(Sink):
+    """Logs a run to W&B; ``wandb`` is imported only when this sink is used."""
+
+    def __init__(
+        self, project: str, entity: str | None, mode: str, group: str | None, tags: list[str]
+    ) -> None:
+        self.settings = {
+            "project": project,
+            "entity": entity,
+            "mode": mode,
+            "group": group,
+            "tags": tags,
+        }
+        self.run: Any = None
+
+    def start(self, info: RunInfo) -> None:  # noqa: D102
+        try:
+            import wandb
+        except ImportError as error:  # pragma: no cover - wandb is a dependency of fl-iot
+            raise ImportError(
+                "tracking=wandb needs the wandb package: pip install wandb"
+            ) from error
+        info.output_dir.mkdir(parents=True, exist_ok=True)
+        scenario = info.config["scenario"]["name"]
+        strategy = str(info.config["strategy"].get("_target_", "?")).rsplit(".", 1)[-1]
+        self.run = wandb.init(
+            project=self.settings["project"],
+            entity=self.settings["entity"],
+            mode=self.settings["mode"],
+            group=self.settings["group"],
+            tags=list(self.settings["tags"]),
+            name=f"{scenario}-{strategy}-seed{info.config.get('seed')}",
+            dir=str(info.output_dir),
+            config=jsonable(info.config),
+            reinit="finish_previous",
+        )
+        self.run.config.update(
+            {"dataset_info": jsonable(info.dataset), "federation_info": jsonable(info.federation)},
+            allow_val_change=True,
+        )
+
+    def log_round(self, record: RoundRecord) -> None:  # noqa: D102
+        self.run.log(round_metrics(record), step=record.round)
+
+    def finish(self, summary: dict[str, Any], arrays: ArrayRecord | None) -> None:  # noqa: D102
+        if self.run is None:
+            return
+        for part in ("central", "federated", "train"):
+            for key, value in summary["final"][part].items():
+                self.run.summary[f"final/{part}/{key}"] = value
+        for key, value in summary.get("detection", {}).items():
+            self.run.summary[f"detection/{key}"] = value
+        self.run.summary["status"] = summary["status"]
+        self.run.summary["rounds_completed"] = summary["rounds_completed"]
+        self.run.finish(exit_code=0 if summary["status"] == "completed" else 1)
+        self.run = None
+
+
+def round_metrics(record: RoundRecord) -> dict[str, float]:
+    """The flat scalar metrics of one round, keyed ``<part>/<name>``."""
+    metrics: dict[str, float] = {"round_time_s": record.round_time_s, "elapsed_s": record.elapsed_s}
+    for part in ("central", "federated", "train", "detection"):
+        for key, value in getattr(record, part).items():
+            metrics[f"{part}/{key}"] = value
+    for key in ("sampled", "replied", "failed", "missing"):
+        metrics[f"clients/{key}"] = getattr(record, key)
+    for device_class, values in record.by_class.items():
+        for key, value in values.items():
+            metrics[f"class/{device_class}/{key}"] = value
+    return {k: v for k, v in jsonable(metrics).items() if v is not None}
