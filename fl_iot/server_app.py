@@ -8,6 +8,7 @@ same app with :func:`build_server_app` around the config it already composed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,12 +24,20 @@ def build_server_app(
     config_source: Callable[[Context], DictConfig],
     output_dir_source: Callable[[Context], Path],
     result: RunResult | None = None,
+    show_progress: bool = False,
 ) -> ServerApp:
-    """Build the ServerApp; ``result`` (when given) receives the summary and final model."""
+    """Build the ServerApp.
+
+    ``result`` (when given) receives the summary and final model. ``show_progress`` prints
+    fl-iot's per-round progress to stderr, for processes where nobody configured logging (the
+    ``flwr run`` ServerApp process, whose output Flower streams to ``flwr run --stream``).
+    """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        if show_progress:
+            _log_progress_to_stderr()
         run_server(grid, config_source(context), output_dir_source(context), result)
 
     return app
@@ -39,4 +48,15 @@ def _output_dir(context: Context) -> Path:
     return Path(configured) if configured else Path.cwd() / "outputs" / f"flwr-run-{context.run_id}"
 
 
-app = build_server_app(lambda context: config_from_run_config(context.run_config), _output_dir)
+def _log_progress_to_stderr() -> None:
+    logger = logging.getLogger("fl_iot")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s fl-iot: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+app = build_server_app(
+    lambda context: config_from_run_config(context.run_config), _output_dir, show_progress=True
+)

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from fl_iot.data.partition import partition_indices, split_device_data
+from fl_iot.errors import ConfigError
+
+LABELS = np.array([0, 1, 0, 1, 2, 2, 0, 1, 0, 0] * 10)
+GROUPS = np.array(list("aabbccddee") * 10)
+
+
+def test_natural_partition_gives_one_device_per_key_in_key_order():
+    partitions = partition_indices(LABELS, GROUPS, "natural", 5, seed=0)
+
+    assert [sorted(set(GROUPS[p])) for p in partitions] == [["a"], ["b"], ["c"], ["d"], ["e"]]
+    assert sorted(np.concatenate(partitions).tolist()) == list(range(100))
+
+
+def test_natural_partition_with_fewer_devices_picks_a_seeded_subset_of_keys():
+    first = partition_indices(LABELS, GROUPS, "natural", 3, seed=7)
+    again = partition_indices(LABELS, GROUPS, "natural", 3, seed=7)
+
+    assert len(first) == 3
+    assert all(len(set(GROUPS[p])) == 1 for p in first)
+    assert [p.tolist() for p in first] == [p.tolist() for p in again]
+
+
+def test_natural_partition_refuses_more_devices_than_keys():
+    with pytest.raises(ConfigError, match="num_devices=6 but the natural partition has only 5"):
+        partition_indices(LABELS, GROUPS, "natural", 6, seed=0)
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet"])
+def test_iid_and_dirichlet_cover_every_sample_once(scheme):
+    partitions = partition_indices(LABELS, GROUPS, scheme, 4, seed=0, dirichlet_alpha=1.0)
+
+    joined = np.concatenate(partitions)
+    assert len(partitions) == 4
+    assert sorted(joined.tolist()) == list(range(100))
+
+
+def test_dirichlet_is_deterministic_for_a_seed_and_differs_across_seeds():
+    a = partition_indices(LABELS, GROUPS, "dirichlet", 4, seed=1, dirichlet_alpha=0.3)
+    b = partition_indices(LABELS, GROUPS, "dirichlet", 4, seed=1, dirichlet_alpha=0.3)
+    c = partition_indices(LABELS, GROUPS, "dirichlet", 4, seed=2, dirichlet_alpha=0.3)
+
+    assert [p.tolist() for p in a] == [p.tolist() for p in b]
+    assert [p.tolist() for p in a] != [p.tolist() for p in c]
+
+
+def test_unknown_scheme_names_the_valid_ones():
+    with pytest.raises(ConfigError, match="'shards'.*natural, iid, dirichlet"):
+        partition_indices(LABELS, GROUPS, "shards", 4, seed=0)
+
+
+def test_device_split_keeps_one_training_sample_and_is_disjoint():
+    train, test = split_device_data(10, 0.2, seed=0)
+    assert len(train) == 8 and len(test) == 2
+    assert set(train).isdisjoint(test)
+
+    single_train, single_test = split_device_data(1, 0.5, seed=0)
+    assert single_train.tolist() == [0] and len(single_test) == 0
+
+
+def test_device_split_rejects_a_fraction_of_one():
+    with pytest.raises(ConfigError, match="device_test_fraction must be in \\[0, 1\\), got 1.0"):
+        split_device_data(10, 1.0, seed=0)
