@@ -1,0 +1,49 @@
+"""Differential-privacy support for fl-iot devices.
+
+Privacy profiles, accounting (Opacus RDP, dp-accounting RDP and PLD, central DP), the per-device
+privacy ledger kept in Flower's ``context.state``, the choice of Opacus grad-sample mode, and
+training-memory estimates.
+"""
+
+from fl_iot.privacy.accounting import (
+    RDP_ORDERS,
+    DpSgdEvent,
+    calibrate_noise_multiplier,
+    central_dp_epsilon,
+    dp_event,
+    epsilon_opacus_rdp,
+    epsilon_pld,
+    epsilon_rdp,
+    validate_history,
+)
+from fl_iot.privacy.grad_sample import GHOST_MIN_PARAMS, GRAD_SAMPLE_MODES, choose_grad_sample_mode
+from fl_iot.privacy.ledger import LEDGER_KEY, PrivacyLedger
+from fl_iot.privacy.memory import (
+    MemoryBudgetError,
+    MemoryEstimate,
+    check_memory_budget,
+    estimate_training_memory,
+)
+from fl_iot.privacy.profile import PrivacyProfile
+
+__all__ = [
+    "GHOST_MIN_PARAMS",
+    "GRAD_SAMPLE_MODES",
+    "LEDGER_KEY",
+    "RDP_ORDERS",
+    "DpSgdEvent",
+    "MemoryBudgetError",
+    "MemoryEstimate",
+    "PrivacyLedger",
+    "PrivacyProfile",
+    "calibrate_noise_multiplier",
+    "central_dp_epsilon",
+    "check_memory_budget",
+    "choose_grad_sample_mode",
+    "dp_event",
+    "epsilon_opacus_rdp",
+    "epsilon_pld",
+    "epsilon_rdp",
+    "estimate_training_memory",
+    "validate_history",
+]
