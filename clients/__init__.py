@@ -1,5 +1,6 @@
 """Client plugins: local trainers per IoT device class, and client-side transforms (attacks)."""
 
+from clients import dp_trainer as _dp_trainer  # noqa: F401  (registers "dp-sgd")
 from clients.attack import ATTACKS, Attack, AttackedUpdate
 from clients.trainer import TRAINERS, LocalTrainer, StandardTrainer, TrainReport, TrainSettings
 
