@@ -3,7 +3,6 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from fl_iot.config import attackers_per_round, honest_per_round
-
 from fl_iot.errors import ConfigError, UnknownNameError
 from fl_iot.registry import Registry
 from fl_iot.run_config import compose_config, hydra_overrides
@@ -43,7 +42,10 @@ def test_default_config_composes_and_validates():
         ("attack.fraction=0.2", "needs an attack; choose attack=<name>"),
         ("scenario.dataset.name=imagenet", "unknown dataset 'imagenet'; valid choices: .*mitbih"),
         ("+scenario.device_mix.toaster=1", "unknown device class 'toaster'.*wearable"),
-        ("device_classes.wearable.trainer=magic", "unknown trainer 'magic'; valid choices: .*standard"),
+        (
+            "device_classes.wearable.trainer=magic",
+            "unknown trainer 'magic'; valid choices: .*standard",
+        ),
         ("tracking.sinks=[console,fax]", "unknown sink 'fax' in tracking.sinks; valid choices"),
         ("tracking.wandb.mode=cloud", "tracking.wandb.mode must be one of offline, online"),
     ],

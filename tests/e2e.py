@@ -1,0 +1,38 @@
+"""Helpers for end-to-end tests that run the real ``fl-iot`` command or Simulation Engine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT
+
+TINY = (
+    "scenario.num_devices=4",
+    "scenario.num_rounds=2",
+    "scenario.fraction_train=1.0",
+    "scenario.fraction_evaluate=1.0",
+)
+"""Overrides that shrink any scenario to a run of a few seconds of training."""
+
+
+def run_cli(
+    *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m fl_iot <args>`` from the repository root and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "fl_iot", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def run_dir_override(path: Path) -> str:
+    """The override that puts a single run's outputs in ``path``."""
+    return f"hydra.run.dir={path}"

@@ -1,0 +1,100 @@
+"""The ``fl-iot`` command end to end: default scenario, outputs, progress, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fl_iot.models import Cnn1d
+from tests.e2e import TINY, run_cli, run_dir_override
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """One tiny run of the default scenario (no data root: it ships with fl-iot)."""
+    run_dir = tmp_path_factory.mktemp("default") / "run"
+    result = run_cli(*TINY, run_dir_override(run_dir), env={"FL_IOT_DATA_ROOT": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+def test_default_scenario_writes_every_result_file(default_run):
+    run_dir, _ = default_run
+
+    assert {"metrics.jsonl", "summary.json", "metrics.png", "model.pt"} <= {
+        p.name for p in run_dir.iterdir()
+    }
+    assert (run_dir / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_metrics_jsonl_has_one_record_per_round(default_run):
+    run_dir, _ = default_run
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    assert [r["round"] for r in records] == [1, 2]
+    for record in records:
+        assert set(record["central"]) == {"accuracy", "macro_f1", "balanced_accuracy", "loss"}
+        assert set(record["federated"]) >= {"accuracy", "macro_f1", "balanced_accuracy", "loss"}
+        assert record["sampled"] == 4 and record["replied"] == 4 and record["failed"] == 0
+        assert len(record["devices"]) == 4
+
+
+def test_summary_records_config_versions_seed_and_timings(default_run):
+    run_dir, _ = default_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+
+    assert summary["status"] == "completed"
+    assert summary["scenario"] == "healthcare_wearables"
+    assert summary["seed"] == 0
+    assert summary["rounds_completed"] == 2
+    assert summary["config"]["scenario"]["num_devices"] == 4
+    assert summary["versions"]["flwr"].startswith("1.42")
+    assert summary["versions"]["torch"].startswith("2.13")
+    assert summary["timings"]["server_total_s"] > 0
+    assert summary["dataset"]["name"] == "mitbih"
+    assert summary["federation"]["num_devices"] == 4
+    assert 0.0 <= summary["final"]["central"]["macro_f1"] <= 1.0
+
+
+def test_final_model_loads_into_the_scenario_model(default_run):
+    run_dir, _ = default_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    model = Cnn1d(summary["dataset"]["input_shape"], len(summary["dataset"]["classes"]))
+
+    model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
+
+
+def test_progress_is_shown_per_round(default_run):
+    _, result = default_run
+    output = result.stdout + result.stderr
+
+    assert "[round 1/2] central acc" in output
+    assert "[round 2/2] central acc" in output
+    assert "clients 4/4 replied" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["scenario=mars_rover"], ["mars_rover", "healthcare_wearables", "vehicle_fleet"]),
+        (["strategy=fedmagic"], ["fedmagic", "fedavg", "krum"]),
+        (["scenario.dataset.name=imagenet"], ["'imagenet'", "mitbih", "occupancy"]),
+        (["scenario.fraction_train=1.5"], ["scenario.fraction_train", "(0, 1]", "1.5"]),
+        (["scenario.num_rounds=0"], ["scenario.num_rounds", ">= 1", "got 0"]),
+        (["attack.fraction=1.5"], ["attack.fraction", "1.5", "more attackers than devices"]),
+        (["scenario.num_devices=48"], ["num_devices=48", "only 47"]),
+        (
+            ["scenario.dataset.options.source=records", "scenario.dataset.root=/nonexistent/data"],
+            ["'mitbih' not found", "/nonexistent/data"],
+        ),
+    ],
+)
+def test_bad_input_gives_one_clear_message_and_no_traceback(args, expected):
+    result = run_cli(*args, "hydra.run.dir=/tmp/fl-iot-bad-input", timeout=120)
+
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    for text in expected:
+        assert text in result.stderr, (text, result.stderr)

@@ -1,0 +1,141 @@
+"""The server's round loop against real ClientApps in this process (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp.strategy import FedAvg
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from fl_iot.client_app import build_client_app
+from fl_iot.federation import build_federation
+from fl_iot.roster import Roster
+from fl_iot.round_loop import detection_scores
+from fl_iot.run_config import compose_config
+from fl_iot.server import run_server
+from tests.in_process_grid import InProcessGrid, set_task_identity
+
+
+def tiny_config(*overrides: str) -> DictConfig:
+    GlobalHydra.instance().clear()
+    cfg = compose_config(
+        (
+            "scenario.num_devices=6",
+            "scenario.num_rounds=2",
+            "scenario.fraction_train=0.5",
+            "tracking.sinks=[jsonl,summary]",
+            *overrides,
+        )
+    )
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    assert isinstance(resolved, DictConfig)
+    return resolved
+
+
+def run(cfg: DictConfig, tmp_path, fault=None):
+    grid = InProcessGrid(build_client_app(lambda _: cfg), cfg.scenario.num_devices, fault)
+    return run_server(grid, cfg, tmp_path), grid
+
+
+def test_a_run_samples_trains_evaluates_and_summarises(tmp_path):
+    result, _ = run(tiny_config(), tmp_path)
+    summary = result.summary
+
+    assert summary["status"] == "completed"
+    assert summary["rounds_completed"] == 2
+    assert summary["clients"] == {"sampled": 6, "replied": 6, "failed": 0, "missing": 0}
+    assert set(summary["final"]["central"]) == {"accuracy", "macro_f1", "balanced_accuracy", "loss"}
+    assert summary["final"]["federated"]["num_examples"] > 0
+
+
+def test_same_seed_samples_the_same_devices_and_gives_the_same_model(tmp_path):
+    first, grid_a = run(tiny_config(), tmp_path / "a")
+    second, grid_b = run(tiny_config(), tmp_path / "b")
+    _other, grid_c = run(tiny_config("seed=1"), tmp_path / "c")
+
+    def sampled_partitions(grid):
+        return [
+            grid.contexts[m.metadata.dst_node_id].node_config["partition-id"]
+            for m in grid.sent
+            if m.metadata.message_type == "train"
+        ]
+
+    assert sampled_partitions(grid_a) == sampled_partitions(grid_b)
+    assert sampled_partitions(grid_a) != sampled_partitions(grid_c)
+    for key, array in first.arrays.items():
+        np.testing.assert_array_equal(array.numpy(), second.arrays[key].numpy())
+    for part in ("central", "federated", "train"):  # by_class holds wall-clock compute times
+        assert first.summary["final"][part] == second.summary["final"][part]
+
+
+def test_failed_and_silent_devices_are_counted_and_the_run_goes_on(tmp_path):
+    cfg = tiny_config("scenario.fraction_train=1.0")
+
+    def fault(partition_id: int, message: Message) -> str | None:
+        if message.metadata.message_type != "train":
+            return None
+        return {1: "error", 2: "silent"}.get(partition_id)
+
+    result, _ = run(cfg, tmp_path, fault)
+    summary = result.summary
+
+    assert summary["status"] == "completed"
+    assert summary["clients"] == {"sampled": 12, "replied": 8, "failed": 2, "missing": 2}
+    records = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert '"error": "device crashed"' in records[0]
+
+
+class ExplodingOnceFedAvg(FedAvg):
+    """FedAvg whose first aggregation raises, as a buggy third-party strategy might."""
+
+    def aggregate_train(self, server_round, replies):
+        if server_round == 1:
+            raise RuntimeError("boom")
+        return super().aggregate_train(server_round, replies)
+
+
+def test_a_strategy_that_raises_does_not_end_the_run(tmp_path):
+    cfg = tiny_config(f"strategy._target_={__name__}.ExplodingOnceFedAvg")
+
+    result, _ = run(cfg, tmp_path)
+    summary = result.summary
+
+    assert summary["status"] == "completed"
+    assert summary["errors"] == ["round 1: aggregate_train: RuntimeError: boom"]
+    # Round 1 kept the initial model, so its central loss equals the initial one.
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    import json
+
+    round_1 = json.loads(lines[0])
+    assert round_1["central"]["loss"] == pytest.approx(summary["initial_central"]["loss"])
+    assert json.loads(lines[1])["central"]["loss"] != pytest.approx(round_1["central"]["loss"])
+
+
+def test_detection_precision_and_recall_by_hand():
+    set_task_identity()
+    federation = build_federation([str(i) for i in range(4)], {"wearable": 1.0}, 0.5, seed=0)
+    attackers = sorted(federation.attackers)
+    honest = sorted(set(range(4)) - federation.attackers)
+    roster = Roster({100 + i: i for i in range(4)})
+    sent = [
+        Message(
+            content=RecordDict({"c": ConfigRecord()}), message_type="train", dst_node_id=100 + i
+        )
+        for i in range(4)
+    ]
+    replies = [Message(content=RecordDict(), reply_to=m) for m in sent]
+    # Reject one attacker and one honest device: precision 1/2, recall 1/2.
+    report = {"rejected": {str(attackers[0]): "far", str(honest[0]): "far"}}
+
+    result = detection_scores(report, replies, federation, roster)
+
+    assert result == {
+        "rejected": 2.0,
+        "attackers": 2.0,
+        "caught": 1.0,
+        "precision": 0.5,
+        "recall": 0.5,
+    }
+    assert detection_scores({}, replies, federation, roster) == {}
