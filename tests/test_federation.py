@@ -27,7 +27,7 @@ def test_class_assignment_is_seeded():
 
 
 def test_negative_shares_are_rejected():
-    with pytest.raises(ConfigError, match="shares must be >= 0"):
+    with pytest.raises(ConfigError, match=r"shares must be >= 0"):
         assign_device_classes(4, {"a": -1.0, "b": 2.0}, seed=0)
 
 
@@ -39,7 +39,7 @@ def test_attacker_count_is_the_rounded_fraction_and_seeded():
 
 
 def test_more_attackers_than_devices_is_rejected():
-    with pytest.raises(ConfigError, match="attack.fraction must be in \\[0, 1\\], got 1.5"):
+    with pytest.raises(ConfigError, match=r"attack.fraction must be in \[0, 1\], got 1.5"):
         choose_attackers(10, 1.5, seed=0)
 
 

@@ -25,7 +25,7 @@ def test_natural_partition_with_fewer_devices_picks_a_seeded_subset_of_keys():
 
 
 def test_natural_partition_refuses_more_devices_than_keys():
-    with pytest.raises(ConfigError, match="num_devices=6 but the natural partition has only 5"):
+    with pytest.raises(ConfigError, match=r"num_devices=6 but the natural partition has only 5"):
         partition_indices(LABELS, GROUPS, "natural", 6, seed=0)
 
 
@@ -48,7 +48,7 @@ def test_dirichlet_is_deterministic_for_a_seed_and_differs_across_seeds():
 
 
 def test_unknown_scheme_names_the_valid_ones():
-    with pytest.raises(ConfigError, match="'shards'.*natural, iid, dirichlet"):
+    with pytest.raises(ConfigError, match=r"'shards'.*natural, iid, dirichlet"):
         partition_indices(LABELS, GROUPS, "shards", 4, seed=0)
 
 
@@ -62,5 +62,5 @@ def test_device_split_keeps_one_training_sample_and_is_disjoint():
 
 
 def test_device_split_rejects_a_fraction_of_one():
-    with pytest.raises(ConfigError, match="device_test_fraction must be in \\[0, 1\\), got 1.0"):
+    with pytest.raises(ConfigError, match=r"device_test_fraction must be in \[0, 1\), got 1.0"):
         split_device_data(10, 1.0, seed=0)
