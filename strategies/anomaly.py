@@ -1,0 +1,431 @@
+"""Anomaly rejection: a wrapper that filters updates before any Flower strategy aggregates them."""
+
+from __future__ import annotations
+
+import traceback
+from collections import OrderedDict
+from collections.abc import Iterable
+from logging import ERROR, INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from strategies import reliability as R
+from strategies.arrays import ArrayFormatError, ModelSpec
+from strategies.reliability import ReliabilityTracker
+from strategies.reliability_fedavg import (
+    ReliabilityWeightedFedAvg,
+    ScoredReplies,
+    late_devices,
+    validate_sampling,
+)
+from strategies.report import device_entry, device_order, merge_reports
+from strategies.scoring import (
+    SIGNALS,
+    AnomalyScores,
+    AnomalyThresholds,
+    SamplePlan,
+    anomaly_scores,
+    gather_sample,
+    history_anomaly,
+    update_statistics,
+)
+from strategies.validation import (
+    ANOMALOUS,
+    FAILED,
+    ParsedReply,
+    Rejection,
+    check_values,
+    clone_reply,
+    sanitized_metrics,
+    screen_evaluate_replies,
+    screen_train_replies,
+    with_records,
+)
+
+_KEEP_ROUNDS = 32
+
+
+class AnomalyRejection(Strategy):
+    """Reject outlying and malformed updates, then let the wrapped strategy aggregate the rest.
+
+    Works around any Flower ``Strategy`` the way Flower's DP wrappers do: it holds
+    ``self.strategy``, passes sampling and evaluation through, and intercepts ``configure_train``
+    (to capture the global model, the reference for shapes, dtypes and update norms) and
+    ``aggregate_train``. Each round it:
+
+    1. screens every reply (error replies, missing/extra records, wrong keys/shapes/dtypes, bad
+       sample counts, duplicated device ids), then checks values in one streaming pass over the
+       parameters (NaN/Inf, overflowing or absurd norms);
+    2. scores every well-formed update against robust statistics of the round: norm, direction
+       to the coordinate-wise median reference, dispersion (ALIE), claimed count (see
+       :mod:`strategies.scoring`); cost O(n·d) for the norm pass plus O(n·k) on a seeded sample
+       of ``k`` coordinates, with no pairwise O(n²·d) step;
+    3. rejects scores >= 1 (at most ``max_reject_fraction`` of the round), records every device's
+       outcome and anomaly share in the reliability tracker, and calls the wrapped strategy with
+       the accepted replies only (sorted by device, metrics restricted to common keys so that
+       Flower's consistency checks cannot raise).
+
+    When the wrapped strategy is a :class:`~strategies.ReliabilityWeightedFedAvg`, the two share
+    one tracker and the wrapper hands over its direction scores, so the norm pass runs once.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        The strategy that aggregates the accepted updates.
+    norm_threshold, direction_threshold, dispersion_ratio, max_count_ratio, max_reject_fraction,
+    min_replies, norm_scale_floor, cosine_scale_floor, cosine_relative_floor
+        Decision parameters, see :class:`~strategies.scoring.AnomalyThresholds`.
+    sample_size : int
+        Coordinates sampled per round for direction and dispersion (>= 16; default 4096: the
+        sampled cosine is within about 0.02 of the full-model cosine, well below the cosine
+        scale floor, at a fixed O(n·k) cost however large the model).
+    seed : int
+        Seed of the coordinate sample (with the round number): reproducible, yet unknown to a
+        device before it sends its update.
+    max_update_norm : float or None
+        Absolute bound on an update's L2 norm; larger updates are malformed. ``None``: no bound.
+    weighted_by_key : str or None
+        MetricRecord key of the claimed sample count; ``None`` takes the wrapped strategy's
+        ``weighted_by_key`` or ``"num-examples"``.
+    tracker : ReliabilityTracker or None
+        Where outcomes and anomaly shares are recorded. ``None``: the wrapped strategy's tracker
+        when it has one, else a new one. A tracker given here is also installed in a wrapped
+        :class:`~strategies.ReliabilityWeightedFedAvg`.
+    """
+
+    # pylint: disable=too-many-arguments,too-many-instance-attributes
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        norm_threshold: float = 4.0,
+        direction_threshold: float = 4.0,
+        dispersion_ratio: float | None = 0.4,
+        max_count_ratio: float | None = 10.0,
+        max_reject_fraction: float = 0.5,
+        min_replies: int = 3,
+        sample_size: int = 4096,
+        seed: int = 0,
+        max_update_norm: float | None = None,
+        weighted_by_key: str | None = None,
+        tracker: ReliabilityTracker | None = None,
+        norm_scale_floor: float = 0.1,
+        cosine_scale_floor: float = 0.02,
+        cosine_relative_floor: float = 0.15,
+    ) -> None:
+        super().__init__()
+        if not isinstance(strategy, Strategy):
+            raise ValueError(f"strategy must be a flwr Strategy, got {type(strategy).__name__}")
+        self.strategy = strategy
+        self.thresholds = AnomalyThresholds(
+            norm_threshold=norm_threshold,
+            direction_threshold=direction_threshold,
+            dispersion_ratio=dispersion_ratio,
+            max_count_ratio=max_count_ratio,
+            norm_scale_floor=norm_scale_floor,
+            cosine_scale_floor=cosine_scale_floor,
+            cosine_relative_floor=cosine_relative_floor,
+            min_replies=min_replies,
+            max_reject_fraction=max_reject_fraction,
+        )
+        validate_sampling(sample_size, max_update_norm)
+        self.sample_size = int(sample_size)
+        self.seed = int(seed)
+        self.max_update_norm = max_update_norm
+        self.weighted_by_key = weighted_by_key or str(
+            getattr(strategy, "weighted_by_key", "num-examples")
+        )
+        inner = strategy if isinstance(strategy, ReliabilityWeightedFedAvg) else None
+        if tracker is None:
+            tracker = inner.tracker if inner is not None else ReliabilityTracker()
+        elif inner is not None:
+            inner.tracker = tracker
+        self.tracker = tracker
+        self.current_arrays: ArrayRecord | None = None
+        self.node_devices: dict[int, str] = {}
+        self._configured: OrderedDict[int, set[int]] = OrderedDict()
+        self._reports: OrderedDict[int, dict[str, Any]] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"AnomalyRejection({type(self.strategy).__name__})"
+
+    def summary(self) -> None:
+        """Log the rejection settings, then the wrapped strategy's."""
+        t = self.thresholds
+        log(INFO, "\t├──> Anomaly rejection:")
+        log(
+            INFO,
+            "\t│\t├── Thresholds: norm z > %g, direction z < -%g, dispersion < %s, count > %s×",
+            t.norm_threshold,
+            t.direction_threshold,
+            t.dispersion_ratio,
+            t.max_count_ratio,
+        )
+        log(
+            INFO,
+            "\t│\t└── Sample: %d coordinates (seed %d); at most %.0f%% rejected",
+            self.sample_size,
+            self.seed,
+            100 * t.max_reject_fraction,
+        )
+        self.strategy.summary()
+
+    # -- Flower Strategy API ---------------------------------------------------------------------
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate; remember the global model and the nodes asked to train."""
+        self.current_arrays = arrays
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self._configured[server_round] = {int(m.metadata.dst_node_id) for m in messages}
+        _trim(self._configured)
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Reject malformed and anomalous replies; the wrapped strategy aggregates the rest."""
+        replies = list(replies)
+        parsed, rejections, spec = screen_train_replies(
+            replies, self._spec(), self.weighted_by_key, self.node_devices
+        )
+        for p in parsed:
+            self.node_devices[p.node_id] = p.device
+        norms = np.zeros(0)
+        if spec is not None:
+            parsed, value_rejections, norms = check_values(parsed, spec, self.max_update_norm)
+            rejections += value_rejections
+        counts = np.array([p.num_examples for p in parsed], dtype=np.float64)
+        scores = self._score(server_round, parsed, spec, norms, counts)
+        accepted = [p for p, bad in zip(parsed, scores.rejected, strict=True) if not bad]
+        for p, bad, reason in zip(parsed, scores.rejected, scores.reasons, strict=True):
+            if bad:
+                rejections.append(Rejection(p.device, p.node_id, str(reason), ANOMALOUS))
+        rejections.sort(key=lambda r: (device_order(r.device), r.reason))
+        for r in rejections:
+            log(
+                INFO,
+                "aggregate_train: rejected device %s (node %d): %s",
+                r.device,
+                r.node_id,
+                r.reason,
+            )
+
+        self._record_history(server_round, parsed, scores, rejections, replies)
+        inner = self.strategy
+        if isinstance(inner, ReliabilityWeightedFedAvg) and spec is not None:
+            keep = ~scores.rejected
+            inner.receive_scored(
+                server_round,
+                ScoredReplies.build(
+                    spec,
+                    accepted,
+                    scores.signals["direction_z"][keep].tolist(),
+                    scores.score[keep].tolist(),
+                ),
+            )
+        arrays, metrics, error = None, None, None
+        if accepted:
+            try:
+                arrays, metrics = inner.aggregate_train(server_round, self._forward(accepted))
+            except Exception as exc:  # the wrapped strategy must not end the run either
+                error = f"{type(exc).__name__}: {exc}"
+                log(
+                    ERROR,
+                    "aggregate_train of %r failed: %s\n%s",
+                    inner,
+                    error,
+                    traceback.format_exc(),
+                )
+        self._reports[server_round] = self._report(
+            server_round, replies, parsed, rejections, counts, scores, error
+        )
+        _trim(self._reports)
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate unchanged."""
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Drop evaluate replies that Flower's metric averaging would raise on, then delegate."""
+        kept, dropped = screen_evaluate_replies(replies, self.weighted_by_key)
+        for node, reason in dropped:
+            log(INFO, "aggregate_evaluate: ignored node %d: %s", node, reason)
+        if not kept:
+            return None
+        try:
+            return self.strategy.aggregate_evaluate(server_round, kept)
+        except Exception as exc:
+            log(
+                ERROR,
+                "aggregate_evaluate of %r failed: %s: %s",
+                self.strategy,
+                type(exc).__name__,
+                exc,
+            )
+            return None
+
+    # -- fl-iot extensions -----------------------------------------------------------------------
+
+    def round_report(self, server_round: int) -> dict[str, Any]:
+        """The report of ``server_round``, merged with the wrapped strategy's."""
+        own = self._reports.get(server_round)
+        if own is None:
+            own = {"strategy": repr(self), "round": server_round, "rejected": {}, "devices": {}}
+        inner_report = getattr(self.strategy, "round_report", None)
+        if not callable(inner_report):
+            return own
+        try:
+            return merge_reports(own, dict(inner_report(server_round)))
+        except Exception as exc:
+            log(WARNING, "round_report of %r failed: %s", self.strategy, exc)
+            return own
+
+    def state_dict(self) -> dict[str, Any]:
+        """Serialisable server state: tracker, node-to-device map, and the wrapped strategy's."""
+        inner = getattr(self.strategy, "state_dict", None)
+        return {
+            "tracker": self.tracker.state_dict(),
+            "node_devices": {str(k): v for k, v in self.node_devices.items()},
+            "strategy": inner() if callable(inner) else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (into the wrapped strategy too, when it has state)."""
+        inner = getattr(self.strategy, "load_state_dict", None)
+        if callable(inner) and state.get("strategy") is not None:
+            inner(state["strategy"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.node_devices = {int(k): str(v) for k, v in state["node_devices"].items()}
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _spec(self) -> ModelSpec | None:
+        if self.current_arrays is None:
+            return None
+        try:
+            return ModelSpec.from_arrayrecord(self.current_arrays)
+        except ArrayFormatError as error:
+            log(WARNING, "global model not readable (%s); inferring the layout from replies", error)
+            return None
+
+    def _score(
+        self,
+        server_round: int,
+        parsed: list[ParsedReply],
+        spec: ModelSpec | None,
+        norms: np.ndarray,
+        counts: np.ndarray,
+    ) -> AnomalyScores:
+        n = len(parsed)
+        if spec is None or n < self.thresholds.min_replies:
+            nan = np.full(n, np.nan)
+            return AnomalyScores(
+                np.zeros(n), {s: nan.copy() for s in SIGNALS}, [None] * n, np.zeros(n, dtype=bool)
+            )
+        plan = SamplePlan.draw(spec, self.sample_size, self.seed, server_round)
+        stats = update_statistics(gather_sample([p.arrays for p in parsed], spec, plan), norms)
+        return anomaly_scores(stats, counts, self.thresholds)
+
+    def _forward(self, accepted: list[ParsedReply]) -> list[Message]:
+        """The accepted replies, in a form the wrapped strategy aggregates without raising.
+
+        Our own weighting strategy takes the original Messages (it reads the scored copies handed
+        over by :meth:`~ReliabilityWeightedFedAvg.receive_scored`). Any other strategy gets copies
+        with one ArrayRecord and one MetricRecord restricted to the keys all replies share, since
+        Flower's consistency checks raise on the slightest difference.
+        """
+        if isinstance(self.strategy, ReliabilityWeightedFedAvg):
+            return [p.message for p in accepted]
+        clean_metrics = sanitized_metrics([p.metrics for p in accepted], self.weighted_by_key)
+        return [
+            clone_reply(
+                p.message,
+                with_records(
+                    p.message.content,
+                    metrics=(p.metrics_key, m),
+                    arrays=(p.arrays_key, p.array_record),
+                ),
+            )
+            for p, m in zip(accepted, clean_metrics, strict=True)
+        ]
+
+    def _record_history(
+        self,
+        server_round: int,
+        parsed: list[ParsedReply],
+        scores: AnomalyScores,
+        rejections: list[Rejection],
+        replies: list[Message],
+    ) -> None:
+        share = history_anomaly(scores.score)
+        for i, p in enumerate(parsed):
+            if not scores.rejected[i]:
+                self.tracker.observe(p.device, server_round, R.COMPLETED, float(share[i]))
+        for r in rejections:
+            outcome = {FAILED: R.FAILED, ANOMALOUS: R.REJECTED}.get(r.kind, R.MALFORMED)
+            self.tracker.observe(r.device, server_round, outcome)
+        configured = self._configured.get(server_round, set())
+        for device in late_devices(configured, replies, self.node_devices):
+            self.tracker.observe(device, server_round, R.LATE)
+
+    def _report(
+        self,
+        server_round: int,
+        replies: list[Message],
+        parsed: list[ParsedReply],
+        rejections: list[Rejection],
+        counts: np.ndarray,
+        scores: AnomalyScores,
+        error: str | None,
+    ) -> dict[str, Any]:
+        devices: dict[str, dict[str, Any]] = {}
+        signals = {name: scores.signals[name].tolist() for name in SIGNALS}
+        scored = np.isfinite(scores.signals["norm_z"]).tolist()
+        rejected, score, count = scores.rejected.tolist(), scores.score.tolist(), counts.tolist()
+        for i, p in enumerate(parsed):
+            devices[p.device] = device_entry(
+                ANOMALOUS if rejected[i] else "accepted",
+                num_examples=count[i],
+                weight=0.0 if rejected[i] else None,
+                reliability=self.tracker.reliability(p.device, server_round),
+                anomaly_score=score[i] if scored[i] else None,
+                signals={name: values[i] for name, values in signals.items()},
+            )
+        for r in rejections:
+            devices.setdefault(
+                r.device,
+                device_entry(
+                    r.kind, weight=0.0, reliability=self.tracker.reliability(r.device, server_round)
+                ),
+            )
+        report = {
+            "strategy": repr(self),
+            "round": server_round,
+            "num_replies": len(replies),
+            "num_accepted": len(parsed) - int(scores.rejected.sum()),
+            "rejected": {r.device: r.reason for r in rejections},
+            "late": late_devices(
+                self._configured.get(server_round, set()), replies, self.node_devices
+            ),
+            "devices": dict(sorted(devices.items(), key=lambda kv: device_order(kv[0]))),
+        }
+        if error is not None:
+            report["error"] = error
+        return report
+
+
+def _trim(store: OrderedDict[int, Any]) -> None:
+    while len(store) > _KEEP_ROUNDS:
+        store.popitem(last=False)

@@ -1,0 +1,245 @@
+"""Per-device reliability from the history of rounds, with decay so that a device can recover.
+
+The score is a beta-reputation estimate (Jøsang & Ismail 2002; the reputation used by Kang et al.,
+"Reliable FL for Mobile Networks", 2020)::
+
+    reliability = (α + G) / (α + β + G + p_late·L + p_fail·F + p_anom·A)
+
+``G`` counts good rounds (a completed update, less its anomaly share), ``L`` rounds the device was
+asked to train but never answered, ``F`` error replies and ``A`` anomaly (a rejected or malformed
+update counts 1, an accepted one its share from :func:`strategies.scoring.history_anomaly`).
+``α = prior·prior_strength`` and ``β = (1 - prior)·prior_strength`` are the prior: a new device
+starts at ``prior``.
+
+Decay is per *observation*, not per wall-clock round: each time a device is configured or replies,
+its counts are multiplied by ``decay`` before the new event is added. Good behaviour therefore
+washes out old penalties (after ``k`` clean rounds a penalty weighs ``decay**k``), while a device
+that the sampler rarely picks keeps its evidence instead of sliding back to the prior, so infrequent
+sampling is not mistaken for unreliability. Lateness and failures are penalised less than anomalies:
+IoT devices drop out for battery and network reasons ("unintentionally unreliable", Kang et al.),
+which says nothing about the honesty of the updates they do send.
+
+Events of a round are *pending* until a later round is scored, so a round's weights always use the
+history of earlier rounds only, and recording the same round twice (a wrapper and the strategy it
+wraps both observing it) keeps the most severe outcome instead of counting it twice.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+COMPLETED = "completed"
+LATE = "late"
+FAILED = "failed"
+MALFORMED = "malformed"
+REJECTED = "rejected"
+OUTCOMES = (COMPLETED, LATE, FAILED, MALFORMED, REJECTED)
+"""Outcomes of one round for one device, from least to most severe."""
+
+_SEVERITY = {name: rank for rank, name in enumerate(OUTCOMES)}
+_STATE_VERSION = 1
+
+
+def _check(name: str, value: float, low: float, high: float, *, open_low: bool = False) -> float:
+    ok = (low < value if open_low else low <= value) and value <= high
+    if not (isinstance(value, int | float) and math.isfinite(value) and ok):
+        bracket = "(" if open_low else "["
+        raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value!r}")
+    return float(value)
+
+
+class ReliabilityTracker:
+    """Remembers how each device behaved and turns it into a reliability in ``(0, 1)``.
+
+    Parameters
+    ----------
+    decay : float
+        Factor applied to a device's history at each new observation, in ``(0, 1]``. 0.9 gives a
+        memory of about 10 observations (a penalty halves in 6.6 clean rounds); 1.0 never forgets.
+    prior : float
+        Reliability of a device never seen before, in ``(0, 1)``. 0.5: trust is earned.
+    prior_strength : float
+        Weight of the prior in observations (> 0). 2.0 is the uniform (Laplace) prior.
+    late_penalty : float
+        Weight of a round without a reply (>= 0). 0.5: a missed deadline is mostly the network.
+    failure_penalty : float
+        Weight of an error reply (>= 0).
+    anomaly_penalty : float
+        Weight of one unit of anomaly (>= 0). 2.0: a rejected update costs twice an error reply.
+
+    Notes
+    -----
+    All state is plain dicts of floats, ints and strings: :meth:`state_dict` is JSON-serialisable
+    and :meth:`load_state_dict` restores it for a resumed run.
+    """
+
+    def __init__(
+        self,
+        decay: float = 0.9,
+        prior: float = 0.5,
+        prior_strength: float = 2.0,
+        late_penalty: float = 0.5,
+        failure_penalty: float = 1.0,
+        anomaly_penalty: float = 2.0,
+    ) -> None:
+        self.decay = _check("decay", decay, 0.0, 1.0, open_low=True)
+        self.prior = _check("prior", prior, 0.0, 1.0, open_low=True)
+        if self.prior >= 1.0:
+            raise ValueError(f"prior must be in (0, 1), got {prior!r}")
+        self.prior_strength = _check("prior_strength", prior_strength, 0.0, math.inf, open_low=True)
+        self.late_penalty = _check("late_penalty", late_penalty, 0.0, math.inf)
+        self.failure_penalty = _check("failure_penalty", failure_penalty, 0.0, math.inf)
+        self.anomaly_penalty = _check("anomaly_penalty", anomaly_penalty, 0.0, math.inf)
+        self._devices: dict[str, dict[str, Any]] = {}
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def observe(self, device: str, server_round: int, outcome: str, anomaly: float = 0.0) -> None:
+        """Record what ``device`` did in ``server_round``.
+
+        Parameters
+        ----------
+        device : str
+            Device key (``str`` of the device id, or of the node id in plain Flower apps).
+        server_round : int
+            The round the event belongs to.
+        outcome : str
+            One of :data:`OUTCOMES`.
+        anomaly : float
+            For ``completed``: the anomaly share in ``[0, 1]`` of the accepted update.
+            ``rejected`` and ``malformed`` always count 1.
+
+        Raises
+        ------
+        ValueError
+            For an unknown outcome or an anomaly outside ``[0, 1]``.
+        """
+        if outcome not in _SEVERITY:
+            raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+        anomaly = _check("anomaly", anomaly, 0.0, 1.0)
+        record = self._devices.setdefault(device, _empty_record())
+        if record["pending"] is not None and record["pending"]["round"] != server_round:
+            # Another round's event: it becomes history now (even if rounds restarted, as in a
+            # second run on the same tracker; nothing here may raise inside aggregation).
+            self._fold(record, before_round=None)
+        pending = record["pending"]
+        if pending is None:
+            record["pending"] = {"round": server_round, "outcome": outcome, "anomaly": anomaly}
+            return
+        # Same round seen twice: keep the most severe outcome, then the larger anomaly share.
+        if (_SEVERITY[outcome], anomaly) > (_SEVERITY[pending["outcome"]], pending["anomaly"]):
+            pending.update(outcome=outcome, anomaly=anomaly)
+
+    def _fold(self, record: dict[str, Any], before_round: int | None) -> None:
+        pending = record["pending"]
+        if pending is None or (before_round is not None and pending["round"] >= before_round):
+            return
+        for key in ("good", "late", "failed", "anomaly"):
+            record[key] *= self.decay
+        outcome = pending["outcome"]
+        if outcome == COMPLETED:
+            record["good"] += 1.0 - pending["anomaly"]
+            record["anomaly"] += pending["anomaly"]
+        elif outcome == LATE:
+            record["late"] += 1.0
+        elif outcome == FAILED:
+            record["failed"] += 1.0
+        else:  # rejected or malformed: content the server had to refuse
+            record["anomaly"] += 1.0
+        record["observations"] += 1
+        record["last_round"] = pending["round"]
+        record["pending"] = None
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def reliability(self, device: str, server_round: int | None = None) -> float:
+        """Reliability of ``device`` from its history before ``server_round``.
+
+        ``None`` includes every recorded round. A device never seen has ``prior``.
+        """
+        record = self._devices.get(device)
+        if record is None:
+            return self.prior
+        self._fold(record, before_round=server_round)
+        alpha = self.prior * self.prior_strength
+        beta = (1.0 - self.prior) * self.prior_strength
+        bad = (
+            self.late_penalty * record["late"]
+            + self.failure_penalty * record["failed"]
+            + self.anomaly_penalty * record["anomaly"]
+        )
+        return (alpha + record["good"]) / (alpha + beta + record["good"] + bad)
+
+    def history(self, device: str, server_round: int | None = None) -> dict[str, float]:
+        """Decayed counts of ``device`` before ``server_round`` (zeros for an unknown device)."""
+        record = self._devices.get(device)
+        if record is None:
+            return {"good": 0.0, "late": 0.0, "failed": 0.0, "anomaly": 0.0, "observations": 0}
+        self._fold(record, before_round=server_round)
+        return {k: record[k] for k in ("good", "late", "failed", "anomaly", "observations")}
+
+    def devices(self) -> list[str]:
+        """Every device with a history."""
+        return sorted(self._devices)
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy of the parameters and every device's history."""
+        return {
+            "version": _STATE_VERSION,
+            "params": {
+                "decay": self.decay,
+                "prior": self.prior,
+                "prior_strength": self.prior_strength,
+                "late_penalty": self.late_penalty,
+                "failure_penalty": self.failure_penalty,
+                "anomaly_penalty": self.anomaly_penalty,
+            },
+            "devices": {
+                d: {**r, "pending": None if r["pending"] is None else dict(r["pending"])}
+                for d, r in self._devices.items()
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; parameters are validated as in the constructor.
+
+        Raises
+        ------
+        ValueError
+            If the state has another version or is missing fields.
+        """
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(
+                f"unsupported tracker state version {state.get('version')!r}, "
+                f"expected {_STATE_VERSION}"
+            )
+        fresh = ReliabilityTracker(**state["params"])
+        devices: dict[str, dict[str, Any]] = {}
+        for device, record in state["devices"].items():
+            template = _empty_record()
+            if set(record) != set(template):
+                raise ValueError(
+                    f"device {device!r}: expected fields {sorted(template)}, got {sorted(record)}"
+                )
+            pending = record["pending"]
+            devices[str(device)] = {
+                **record,
+                "pending": None if pending is None else dict(pending),
+            }
+        self.__dict__.update(fresh.__dict__)
+        self._devices = devices
+
+
+def _empty_record() -> dict[str, Any]:
+    return {
+        "good": 0.0,
+        "late": 0.0,
+        "failed": 0.0,
+        "anomaly": 0.0,
+        "observations": 0,
+        "last_round": None,
+        "pending": None,
+    }

@@ -1,0 +1,474 @@
+"""FedAvg whose weights combine bounded data quantity, data quality and device reliability."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from flwr.supercore import log
+
+from strategies import reliability as R
+from strategies.arrays import ArrayFormatError, ModelSpec, to_arrayrecord, weighted_average
+from strategies.reliability import ReliabilityTracker
+from strategies.report import device_entry, device_order
+from strategies.scoring import (
+    AnomalyThresholds,
+    SamplePlan,
+    agreement_quality,
+    gather_sample,
+    robust_center_scale,
+    update_statistics,
+)
+from strategies.validation import (
+    FAILED,
+    ParsedReply,
+    Rejection,
+    check_values,
+    common_metric_keys,
+    sanitized_metrics,
+    screen_evaluate_replies,
+    screen_train_replies,
+    with_records,
+)
+from strategies.weighting import bounded_quantity, combine_weights, weighted_metrics
+
+_KEEP_ROUNDS = 32  # round reports and configured-node sets kept in memory
+
+
+@dataclass
+class ScoredReplies:
+    """Replies a wrapper screened and scored, handed to the strategy that aggregates them.
+
+    ``entries`` maps ``id(message)`` to ``(parsed reply, direction z-score, anomaly score)``:
+    identity, not content, because the wrapper passes the very same Message objects on.
+    """
+
+    spec: ModelSpec
+    entries: dict[int, tuple[ParsedReply, float, float]] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        spec: ModelSpec,
+        parsed: Sequence[ParsedReply],
+        direction_z: Sequence[float],
+        anomaly: Sequence[float],
+    ) -> ScoredReplies:
+        """Index the accepted replies with their scores."""
+        entries = {
+            id(p.message): (p, float(z), float(a))
+            for p, z, a in zip(parsed, direction_z, anomaly, strict=True)
+        }
+        return cls(spec, entries)
+
+    def covers(self, replies: Sequence[Message]) -> bool:
+        """Whether ``replies`` are exactly the scored Messages."""
+        return len(replies) == len(self.entries) and all(id(m) in self.entries for m in replies)
+
+    def parsed(self, replies: Sequence[Message]) -> list[ParsedReply]:
+        """The parsed replies, in device order."""
+        return sorted(
+            (self.entries[id(m)][0] for m in replies), key=lambda p: device_order(p.device)
+        )
+
+
+class ReliabilityWeightedFedAvg(FedAvg):
+    """FedAvg with weights ``bounded quantity × quality × reliability``, robust to bad replies.
+
+    The weight of device ``i`` in round ``t`` is::
+
+        w_i = min(n_i, quantity_cap · median_j n_j) · quality_i · reliability_i(t-1)
+
+    - **quantity**: the claimed ``num-examples``, capped at ``quantity_cap`` times the round's
+      median, so a device lying about its count gains at most that factor.
+    - **quality**: agreement of the update with the round's robust reference direction
+      (coordinate-wise median of the normalised updates on a seeded random coordinate sample;
+      see :mod:`strategies.scoring`). 1 while the direction's robust z-score is above
+      ``-quality_soft_z``, falling to ``min_quality`` at ``-quality_hard_z``. The server cannot see
+      data, and self-reported losses are free to fake; agreement is computed by the server from
+      the update itself and can only be raised by sending an update that agrees with the majority
+      on coordinates the device does not know in advance.
+    - **reliability**: the device's history in :class:`~strategies.ReliabilityTracker`
+      (completed, failed, late and anomalous rounds, with decay), as of the previous round.
+
+    Malformed replies (error replies, missing/extra records, wrong keys, shapes or dtypes,
+    NaN/Inf, bad sample counts) are rejected and logged with the device and the reason; they never
+    raise. Every round's decisions are available from :meth:`round_report`.
+
+    Parameters
+    ----------
+    fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, min_available_nodes
+        Sampling, as in Flower's ``FedAvg``.
+    weighted_by_key : str
+        MetricRecord key of the claimed sample count (default ``"num-examples"``).
+    arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_fn
+        As in Flower's ``FedAvg``; metrics are averaged with the final weights.
+    quantity_cap : float
+        Cap on a device's count as a multiple of the round's median (>= 1; default 3: a
+        device with three times the typical data still counts fully, a liar gains at most 3×).
+    min_quality : float
+        Quality of an update pointing away from the consensus, in ``(0, 1]`` (default 0.1: kept,
+        but with a tenth of the weight, so minority data is never silenced entirely).
+    quality_soft_z, quality_hard_z : float
+        Direction z-scores where quality starts to fall and where it reaches ``min_quality``
+        (defaults 2 and 4; ``0 < soft < hard``).
+    tracker : ReliabilityTracker or None
+        History to read and update; a fresh default tracker when ``None``. Share one tracker with
+        :class:`~strategies.AnomalyRejection` to feed anomaly scores into reliability.
+    sample_size : int
+        Coordinates sampled per round for the quality statistic (>= 16).
+    seed : int
+        Seed of the coordinate sample (with the round number).
+    max_update_norm : float or None
+        Absolute bound on an update's L2 norm; larger updates are malformed. ``None``: no bound.
+    """
+
+    # pylint: disable=too-many-arguments,too-many-instance-attributes
+    def __init__(
+        self,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_train_nodes: int = 2,
+        min_evaluate_nodes: int = 2,
+        min_available_nodes: int = 2,
+        weighted_by_key: str = "num-examples",
+        arrayrecord_key: str = "arrays",
+        configrecord_key: str = "config",
+        train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
+        evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
+        *,
+        quantity_cap: float = 3.0,
+        min_quality: float = 0.1,
+        quality_soft_z: float = 2.0,
+        quality_hard_z: float = 4.0,
+        tracker: ReliabilityTracker | None = None,
+        sample_size: int = 4096,
+        seed: int = 0,
+        max_update_norm: float | None = None,
+    ) -> None:
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=min_evaluate_nodes,
+            min_available_nodes=min_available_nodes,
+            weighted_by_key=weighted_by_key,
+            arrayrecord_key=arrayrecord_key,
+            configrecord_key=configrecord_key,
+            train_metrics_aggr_fn=train_metrics_aggr_fn,
+            evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
+        )
+        if not quantity_cap >= 1.0:
+            raise ValueError(f"quantity_cap must be >= 1, got {quantity_cap!r}")
+        if not 0.0 < min_quality <= 1.0:
+            raise ValueError(f"min_quality must be in (0, 1], got {min_quality!r}")
+        if not 0.0 < quality_soft_z < quality_hard_z:
+            raise ValueError(
+                "need 0 < quality_soft_z < quality_hard_z, got "
+                f"{quality_soft_z!r} and {quality_hard_z!r}"
+            )
+        validate_sampling(sample_size, max_update_norm)
+        self.quantity_cap = float(quantity_cap)
+        self.min_quality = float(min_quality)
+        self.quality_soft_z = float(quality_soft_z)
+        self.quality_hard_z = float(quality_hard_z)
+        self.tracker = tracker if tracker is not None else ReliabilityTracker()
+        self.sample_size = int(sample_size)
+        self.seed = int(seed)
+        self.max_update_norm = max_update_norm
+        self.current_arrays: ArrayRecord | None = None
+        self.node_devices: dict[int, str] = {}
+        self._configured: OrderedDict[int, set[int]] = OrderedDict()
+        self._signals: dict[int, ScoredReplies] = {}
+        self._reports: OrderedDict[int, dict[str, Any]] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"ReliabilityWeightedFedAvg(quantity_cap={self.quantity_cap:g})"
+
+    def summary(self) -> None:
+        """Log the weighting settings, then FedAvg's."""
+        log(INFO, "\t├──> Reliability weighting:")
+        log(INFO, "\t│\t├── Quantity cap: %g × round median", self.quantity_cap)
+        log(
+            INFO,
+            "\t│\t├── Quality: 1 above z=-%g, %g at z=-%g",
+            self.quality_soft_z,
+            self.min_quality,
+            self.quality_hard_z,
+        )
+        t = self.tracker
+        log(
+            INFO,
+            "\t│\t└── Reliability: decay %g, prior %g, penalties late %g / failed %g / anomaly %g",
+            t.decay,
+            t.prior,
+            t.late_penalty,
+            t.failure_penalty,
+            t.anomaly_penalty,
+        )
+        super().summary()
+
+    # -- Flower Strategy API ---------------------------------------------------------------------
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample nodes like FedAvg; remember the global model and who was asked to train."""
+        self.current_arrays = arrays
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._configured[server_round] = {int(m.metadata.dst_node_id) for m in messages}
+        _trim(self._configured)
+        return messages
+
+    def receive_scored(self, server_round: int, scored: ScoredReplies) -> None:
+        """Accept the replies a wrapper has already screened and scored in this round.
+
+        Called by :class:`~strategies.AnomalyRejection` just before it delegates aggregation with
+        the very same Message objects: the wrapper has checked the values and scored every update,
+        so this strategy neither parses the replies again, nor repeats the pass over the
+        parameters, nor records the round in the tracker (the wrapper did, with the anomaly
+        scores). Replies that are not the scored ones are screened as usual.
+        """
+        self._signals[server_round] = scored
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Screen the replies, weight the well-formed ones, and average them."""
+        replies = list(replies)
+        handoff = self._signals.pop(server_round, None)
+        if handoff is not None and not handoff.covers(replies):
+            log(WARNING, "aggregate_train: replies differ from the scored ones; screening again")
+            handoff = None
+        anomaly: list[float | None]
+        if handoff is not None:
+            spec: ModelSpec | None = handoff.spec
+            parsed = handoff.parsed(replies)
+            rejections: list[Rejection] = []
+            direction_z = np.array([handoff.entries[id(p.message)][1] for p in parsed])
+            anomaly = [handoff.entries[id(p.message)][2] for p in parsed]
+        else:
+            parsed, rejections, spec = screen_train_replies(
+                replies, self._spec(), self.weighted_by_key, self.node_devices
+            )
+            for p in parsed:
+                self.node_devices[p.node_id] = p.device
+            direction_z = np.zeros(len(parsed))
+            if spec is not None:
+                parsed, value_rejections, norms = check_values(parsed, spec, self.max_update_norm)
+                rejections = sorted(
+                    rejections + value_rejections,
+                    key=lambda r: (device_order(r.device), r.reason),
+                )
+                direction_z = self._direction_z(server_round, parsed, spec, norms)
+            anomaly = [None] * len(parsed)
+        for r in rejections:
+            log(
+                INFO,
+                "aggregate_train: rejected device %s (node %d): %s",
+                r.device,
+                r.node_id,
+                r.reason,
+            )
+
+        counts = np.array([p.num_examples for p in parsed], dtype=np.float64)
+        quantity = bounded_quantity(counts, self.quantity_cap)
+        quality = agreement_quality(
+            direction_z, self.quality_soft_z, self.quality_hard_z, self.min_quality
+        )
+        reliability = np.array([self.tracker.reliability(p.device, server_round) for p in parsed])
+        raw = combine_weights(quantity, quality, reliability)
+        shares = raw / raw.sum() if len(raw) and raw.sum() > 0 else np.zeros_like(raw)
+
+        arrays = metrics = None
+        if parsed and spec is not None:
+            arrays = to_arrayrecord(weighted_average([p.arrays for p in parsed], raw, spec))
+            metrics = self._aggregate_metrics(parsed, raw)
+        if handoff is None:
+            self._record_history(server_round, parsed, rejections, replies)
+        # With a wrapper in front, the replies here are only the accepted ones: lateness is the
+        # wrapper's to report, or every rejected device would look late.
+        late = (
+            late_devices(self._configured.get(server_round, set()), replies, self.node_devices)
+            if handoff is None
+            else []
+        )
+        self._reports[server_round] = self._report(
+            server_round,
+            replies,
+            parsed,
+            rejections,
+            late,
+            (counts, quantity, quality, reliability, shares),
+            anomaly,
+        )
+        _trim(self._reports)
+        return arrays, metrics
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Average evaluate metrics like FedAvg, after dropping replies it would choke on."""
+        kept, dropped = screen_evaluate_replies(replies, self.weighted_by_key)
+        for node, reason in dropped:
+            log(INFO, "aggregate_evaluate: ignored node %d: %s", node, reason)
+        return super().aggregate_evaluate(server_round, kept) if kept else None
+
+    # -- fl-iot extensions -----------------------------------------------------------------------
+
+    def round_report(self, server_round: int) -> dict[str, Any]:
+        """The JSON-serialisable report of ``server_round`` (see :mod:`strategies.report`)."""
+        report = self._reports.get(server_round)
+        if report is None:
+            return {
+                "strategy": type(self).__name__,
+                "round": server_round,
+                "rejected": {},
+                "devices": {},
+            }
+        return report
+
+    def state_dict(self) -> dict[str, Any]:
+        """Serialisable server state for a resumed run: tracker and node-to-device map."""
+        return {
+            "tracker": self.tracker.state_dict(),
+            "node_devices": {str(k): v for k, v in self.node_devices.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.tracker.load_state_dict(state["tracker"])
+        self.node_devices = {int(k): str(v) for k, v in state["node_devices"].items()}
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _spec(self) -> ModelSpec | None:
+        if self.current_arrays is None:
+            return None
+        try:
+            return ModelSpec.from_arrayrecord(self.current_arrays)
+        except ArrayFormatError as error:
+            log(WARNING, "global model not readable (%s); inferring the layout from replies", error)
+            return None
+
+    def _direction_z(
+        self, server_round: int, parsed: list[ParsedReply], spec: ModelSpec, norms: np.ndarray
+    ) -> np.ndarray:
+        if len(parsed) < 3:
+            return np.zeros(len(parsed))
+        plan = SamplePlan.draw(spec, self.sample_size, self.seed, server_round)
+        stats = update_statistics(gather_sample([p.arrays for p in parsed], spec, plan), norms)
+        # The same robust z-score as AnomalyRejection's direction signal, with its default floors.
+        t = AnomalyThresholds()
+        center, scale = robust_center_scale(
+            stats.cosine, floor=t.cosine_scale_floor, relative_floor=t.cosine_relative_floor
+        )
+        return (stats.cosine - center) / scale
+
+    def _aggregate_metrics(self, parsed: list[ParsedReply], raw: np.ndarray) -> MetricRecord:
+        metrics = [p.metrics for p in parsed]
+        if self.train_metrics_aggr_fn is aggregate_metricrecords:
+            # Flower's own averaging, without a RecordDict per reply (see weighted_metrics).
+            keys = [k for k in common_metric_keys(metrics) if k != self.weighted_by_key]
+            return MetricRecord(weighted_metrics(metrics, raw.tolist(), keys))  # type: ignore[arg-type]
+        clean_metrics = sanitized_metrics(metrics, self.weighted_by_key, weights=raw.tolist())
+        records = [
+            with_records(
+                p.message.content, metrics=(p.metrics_key, m), arrays=(p.arrays_key, p.array_record)
+            )
+            for p, m in zip(parsed, clean_metrics, strict=True)
+        ]
+        return self.train_metrics_aggr_fn(records, self.weighted_by_key)
+
+    def _record_history(
+        self,
+        server_round: int,
+        parsed: list[ParsedReply],
+        rejections: list[Rejection],
+        replies: list[Message],
+    ) -> None:
+        for p in parsed:
+            self.tracker.observe(p.device, server_round, R.COMPLETED)
+        for r in rejections:
+            outcome = R.FAILED if r.kind == FAILED else R.MALFORMED
+            self.tracker.observe(r.device, server_round, outcome)
+        for device in late_devices(
+            self._configured.get(server_round, set()), replies, self.node_devices
+        ):
+            self.tracker.observe(device, server_round, R.LATE)
+
+    def _report(
+        self,
+        server_round: int,
+        replies: list[Message],
+        parsed: list[ParsedReply],
+        rejections: list[Rejection],
+        late: list[str],
+        factors: tuple[np.ndarray, ...],
+        anomaly: list[float | None],
+    ) -> dict[str, Any]:
+        counts, quantity, quality, reliability, shares = (f.tolist() for f in factors)
+        devices: dict[str, dict[str, Any]] = {}
+        for i, p in enumerate(parsed):
+            devices[p.device] = device_entry(
+                "accepted",
+                num_examples=counts[i],
+                weight=shares[i],
+                quantity=quantity[i],
+                quality=quality[i],
+                reliability=reliability[i],
+                anomaly_score=anomaly[i],
+            )
+        for r in rejections:
+            devices.setdefault(
+                r.device,
+                device_entry(
+                    r.kind, weight=0.0, reliability=self.tracker.reliability(r.device, server_round)
+                ),
+            )
+        return {
+            "strategy": type(self).__name__,
+            "round": server_round,
+            "num_replies": len(replies),
+            "num_accepted": len(parsed),
+            "rejected": {r.device: r.reason for r in rejections},
+            "late": late,
+            "devices": dict(sorted(devices.items(), key=lambda kv: device_order(kv[0]))),
+        }
+
+
+def validate_sampling(sample_size: int, max_update_norm: float | None) -> None:
+    """Shared checks of the scoring parameters of both strategies.
+
+    Raises
+    ------
+    ValueError
+        If ``sample_size`` < 16 or ``max_update_norm`` is not positive.
+    """
+    if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 16:
+        raise ValueError(f"sample_size must be an int >= 16, got {sample_size!r}")
+    if max_update_norm is not None and not max_update_norm > 0:
+        raise ValueError(f"max_update_norm must be > 0 or None, got {max_update_norm!r}")
+
+
+def late_devices(
+    configured: set[int], replies: Iterable[Message], node_devices: dict[int, str]
+) -> list[str]:
+    """Devices of nodes that were asked to train but sent nothing (neither content nor error)."""
+    replied = {int(m.metadata.src_node_id) for m in replies}
+    return sorted(
+        (node_devices.get(node, str(node)) for node in configured - replied), key=device_order
+    )
+
+
+def _trim(store: OrderedDict[int, Any]) -> None:
+    while len(store) > _KEEP_ROUNDS:
+        store.popitem(last=False)
