@@ -7,6 +7,7 @@ Importing this package registers the built-in loaders in :data:`DATASETS`.
 from fl_iot.data import cmapss as _cmapss  # noqa: F401
 from fl_iot.data import mitbih as _mitbih  # noqa: F401
 from fl_iot.data import occupancy as _occupancy  # noqa: F401
+from fl_iot.data import vehicle as _vehicle  # noqa: F401
 from fl_iot.data import watch as _watch  # noqa: F401
 from fl_iot.data.base import DATASETS, LabeledData, SourceDataset
 from fl_iot.data.federated import FederatedData, load_federated_data, load_source
