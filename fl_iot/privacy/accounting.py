@@ -7,9 +7,11 @@ same triples Opacus' accountants keep in ``accountant.history``, so a history re
 Three independent computations of epsilon are offered:
 
 - :func:`epsilon_opacus_rdp`: Opacus' RDP analysis (``opacus.accountants.analysis.rdp``), the one
-  the DP-SGD trainer reports and enforces budgets with. It caches the per-step RDP curve of each
-  ``(noise_multiplier, sample_rate)`` pair, so prospective checks ("would the next round exceed
-  the budget?") cost microseconds instead of the ~150 ms of a fresh ``RDPAccountant`` call.
+  the DP-SGD trainer reports and enforces budgets with, evaluated by the vectorised series of
+  :mod:`fl_iot.privacy.rdp` (equal to Opacus' ``RDPAccountant`` to 1e-9) and cached per
+  ``(noise_multiplier, sample_rate)``: prospective checks ("would the next round exceed the
+  budget?") cost microseconds, and a calibration well under a second, instead of 0.2-1.7 s per
+  epsilon and 20-30 s per calibration with Opacus' scalar loop.
 - :func:`epsilon_rdp`: Google's ``dp-accounting`` ``RdpAccountant`` (the analysis that
   tensorflow-privacy is built on). Same theory, independent code; the two agree within ~1 %.
 - :func:`epsilon_pld`: ``dp-accounting``'s ``PLDAccountant`` (privacy loss distributions), a
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal, NamedTuple
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 import numpy as np
 
 from fl_iot.errors import ConfigError
+from fl_iot.privacy.rdp import rdp_sampled_gaussian
 
 if TYPE_CHECKING:
     import dp_accounting
@@ -53,6 +55,8 @@ RDP_ORDERS: tuple[float, ...] = (
 The large orders matter for high noise and few steps (a small budget over a short run), where
 Opacus' default grid otherwise ends at its largest order and warns that the bound is loose.
 """
+
+_MAX_NOISE_MULTIPLIER = 1e6  # where Opacus' get_noise_multiplier gives up too
 
 Sampling = Literal["poisson", "none"]
 
@@ -113,19 +117,38 @@ def _check_delta(delta: float) -> None:
 def _opacus_rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     # RDP composes additively, so one step's curve times the step count is the whole event;
     # Opacus' RDPAccountant computes exactly compute_rdp(q, sigma, steps) = steps * this.
-    from opacus.accountants.analysis import rdp as opacus_rdp
+    curve = rdp_sampled_gaussian(sample_rate, noise_multiplier, RDP_ORDERS)
+    curve.setflags(write=False)  # cached: shared by every caller
+    return curve
 
-    curve = opacus_rdp.compute_rdp(
-        q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(RDP_ORDERS)
-    )
-    return np.asarray(curve, dtype=np.float64)
+
+def rdp_to_epsilon(rdp: np.ndarray, delta: float, orders: Sequence[float] = RDP_ORDERS) -> float:
+    """Convert an RDP curve to epsilon at ``delta``, as Opacus' ``get_privacy_spent`` does.
+
+    Uses the conversion of Balle et al. 2020 (Theorem 21 of arXiv:1905.09982), minimised over
+    the orders: ``eps = rdp - (log(delta) + log(a)) / (a - 1) + log((a - 1) / a)``.
+    """
+    _check_delta(delta)
+    alphas = np.asarray(orders, dtype=np.float64)
+    rdp = np.asarray(rdp, dtype=np.float64)
+    if alphas.shape != rdp.shape:
+        raise ValueError(f"{len(alphas)} orders but {len(rdp)} RDP values")
+    with np.errstate(invalid="ignore"):  # inf - inf at orders without privacy
+        eps = (
+            rdp - (math.log(delta) + np.log(alphas)) / (alphas - 1) + np.log((alphas - 1) / alphas)
+        )
+    if np.isnan(eps).all():
+        return math.inf
+    return float(np.nanmin(eps))
 
 
 def epsilon_opacus_rdp(history: Sequence[Sequence[float]], delta: float) -> float:
     """Epsilon of a DP-SGD history under Opacus' RDP analysis, at ``delta``.
 
     Equals ``RDPAccountant(history).get_epsilon(delta, alphas=RDP_ORDERS)`` (the value the
-    DP-SGD trainer reports), but cached per ``(noise_multiplier, sample_rate)``.
+    DP-SGD trainer reports; checked to 1e-9 in the tests), computed with the vectorised series
+    of :mod:`fl_iot.privacy.rdp` and cached per ``(noise_multiplier, sample_rate)``, so that
+    prospective checks cost microseconds.
 
     Returns
     -------
@@ -138,15 +161,8 @@ def epsilon_opacus_rdp(history: Sequence[Sequence[float]], delta: float) -> floa
         return 0.0
     if any(e.noise_multiplier == 0 for e in events):
         return math.inf
-    from opacus.accountants.analysis import rdp as opacus_rdp
-
     rdp = sum(e.steps * _opacus_rdp_per_step(e.noise_multiplier, e.sample_rate) for e in events)
-    with warnings.catch_warnings():
-        # "Optimal order is the largest alpha": only at extreme settings; the value is still a
-        # valid (if loose) upper bound, and the trainer must not fail a run over it.
-        warnings.simplefilter("ignore", UserWarning)
-        eps, _ = opacus_rdp.get_privacy_spent(orders=list(RDP_ORDERS), rdp=rdp, delta=delta)
-    return float(eps)
+    return rdp_to_epsilon(np.asarray(rdp), delta)
 
 
 def calibrate_noise_multiplier(
@@ -159,18 +175,16 @@ def calibrate_noise_multiplier(
 ) -> float:
     """The smallest noise multiplier (to ``rel_tolerance``) that spends ``target_epsilon``.
 
-    Uses Opacus' ``get_noise_multiplier`` with the RDP accountant and :data:`RDP_ORDERS`, so
-    the result is consistent with :func:`epsilon_opacus_rdp`: the epsilon after ``steps`` steps
-    lies in ``[target_epsilon * (1 - rel_tolerance), target_epsilon]``.
+    The search of Opacus' ``get_noise_multiplier`` (double until under budget, then bisect)
+    over :func:`epsilon_opacus_rdp`, so the epsilon after ``steps`` steps lies in
+    ``[target_epsilon * (1 - rel_tolerance), target_epsilon]`` under the accountant the trainer
+    reports. (Opacus' own function gives the same answer but took 20-30 s per call here.)
 
     Raises
     ------
     ConfigError
-        If a parameter is out of range, or no finite noise reaches the target (Opacus gives up
-        above a noise multiplier of 1e6).
+        If a parameter is out of range, or no noise multiplier up to 1e6 reaches the target.
     """
-    from opacus.accountants.utils import get_noise_multiplier
-
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise ConfigError(f"target_epsilon must be a finite number > 0, got {target_epsilon}")
     if not 0.0 < delta < 1.0:
@@ -181,25 +195,28 @@ def calibrate_noise_multiplier(
         raise ConfigError(f"the planned run must have >= 1 step to calibrate noise, got {steps}")
     if not 0.0 < rel_tolerance < 1.0:
         raise ValueError(f"rel_tolerance must be in (0, 1), got {rel_tolerance}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            sigma = get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=int(steps),
-                accountant="rdp",
-                epsilon_tolerance=rel_tolerance * target_epsilon,
-                alphas=list(RDP_ORDERS),
+
+    def spent(sigma: float) -> float:
+        return epsilon_opacus_rdp([(sigma, sample_rate, steps)], delta)
+
+    low, high, eps_high = 0.0, 10.0, math.inf
+    while eps_high > target_epsilon:
+        high *= 2
+        if high > _MAX_NOISE_MULTIPLIER:
+            raise ConfigError(
+                f"no noise multiplier reaches target_epsilon={target_epsilon} at delta={delta} "
+                f"over {steps} steps at sample rate {sample_rate:.4g}: the budget is too small; "
+                "raise target_epsilon or delta, or plan fewer rounds/steps"
             )
-    except ValueError as error:
-        raise ConfigError(
-            f"no noise multiplier reaches target_epsilon={target_epsilon} at delta={delta} "
-            f"over {steps} steps at sample rate {sample_rate:.4g}: the budget is too small; "
-            "raise target_epsilon or delta, or plan fewer rounds/steps"
-        ) from error
-    return float(sigma)
+        eps_high = spent(high)
+    while target_epsilon - eps_high > rel_tolerance * target_epsilon:
+        middle = (low + high) / 2
+        eps = spent(middle)
+        if eps < target_epsilon:
+            high, eps_high = middle, eps
+        else:
+            low = middle
+    return high
 
 
 # ---------------------------------------------------------------------------------------------
