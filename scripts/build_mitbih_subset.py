@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO_ROOT))
 from fl_iot.data import mitbih  # noqa: E402
 from fl_iot.data.paths import find_dataset_dir  # noqa: E402
 
-CAPS: dict[str, int] = {"N": 200, "S": 500, "V": 400, "F": 10_000, "Q": 300}
-"""Most beats of each AAMI class kept per patient."""
+CAPS: dict[str, int] = {"N": 200, "S": 500, "V": 400, "Q": 300}
+"""Most beats of each AAMI class kept per patient; F (fusion, the rarest) is kept whole."""
 SELECTION_SEED = 0
 WINDOW_BEFORE_S, WINDOW_AFTER_S, LENGTH = 0.25, 0.45, 128
 OUTPUT = REPO_ROOT / "fl_iot" / "assets" / mitbih.BUNDLED_ASSET
@@ -70,8 +70,9 @@ def build_subset(data_root: Path) -> dict[str, np.ndarray]:
         keep = np.zeros(len(labels), dtype=bool)
         for label, name in enumerate(mitbih.CLASS_NAMES):
             members = np.flatnonzero(labels == label)
-            if len(members) > CAPS[name]:
-                members = rng.choice(members, CAPS[name], replace=False)
+            cap = CAPS.get(name)
+            if cap is not None and len(members) > cap:
+                members = rng.choice(members, cap, replace=False)
             keep[members] = True
         for i, record in enumerate(own):
             chosen.append((record, np.sort(position[keep & (origin == i)])))
@@ -113,7 +114,7 @@ def attribution(arrays: dict[str, np.ndarray], sha256: str, size: int) -> str:
     """Return the text of ``ATTRIBUTION.md`` for the subset."""
     counts = np.bincount(arrays["labels"], minlength=len(mitbih.CLASS_NAMES))
     per_class = ", ".join(f"{n} {c}" for n, c in zip(mitbih.CLASS_NAMES, counts, strict=True))
-    caps = ", ".join(f"{name} {cap}" for name, cap in CAPS.items())
+    caps = ", ".join(f"{name} {cap}" for name, cap in CAPS.items()) + ", F all (uncapped)"
     return f"""# Attribution of the files in `fl_iot/assets/`
 
 ## `{OUTPUT.name}`: a subset derived from the MIT-BIH Arrhythmia Database
@@ -135,20 +136,25 @@ From each of the 48 original WFDB records (`.dat`, `.hea`, `.atr`; 47 subjects, 
 202 being one subject), `scripts/build_mitbih_subset.py`:
 
 1. takes lead MLII, or the first channel where a record has no MLII (records 102 and 104);
-2. cuts every beat annotated with an AAMI EC57 beat symbol (N = N,L,R,e,j; S = A,a,J,S; V = V,E;
-   F = F; Q = /,f,Q) from {WINDOW_BEFORE_S} s before to {WINDOW_AFTER_S} s after the annotated R
-   peak ({int(arrays["before"])} + {int(arrays["after"])} samples at 360 Hz), skipping the few
-   beats whose window leaves the record;
+2. cuts every beat annotated with an AAMI EC57 beat symbol (N = N,L,R,e,j; S = A,a,J,S;
+   V = V,E; F = F; Q = /,f,Q) from {WINDOW_BEFORE_S} s before to {WINDOW_AFTER_S} s after the
+   annotated R peak ({int(arrays["before"])} + {int(arrays["after"])} samples at 360 Hz),
+   skipping the few beats whose window leaves the record;
 3. resamples each beat to {LENGTH} samples (`scipy.signal.resample_poly`, `padtype="line"`) and
    rounds it to int16 ADC units (5 uV) relative to the record's baseline;
 4. keeps per patient at most this many beats of each class, chosen at random with seed
    {SELECTION_SEED}: {caps}.
 
-The subset holds {len(arrays["labels"])} beats of {len(np.unique(arrays["patients"]))} patients
-({per_class}). Its class balance is therefore not the database's. Arrays: `beats` (int16,
-n x {LENGTH}), `labels` (int8 AAMI class index in the order {", ".join(mitbih.CLASS_NAMES)}),
-`records` and `patients` (int16 record name, and the record that names the subject), `peaks`
-(int32 R-peak sample in the record) and the window parameters.
+The subset holds {len(arrays["labels"])} beats of {len(np.unique(arrays["patients"]))} patients:
+{per_class}. Its class balance is therefore not the database's.
+
+Arrays: `beats` (int16, n x {LENGTH}), `labels` (int8 AAMI class index in the order
+{", ".join(mitbih.CLASS_NAMES)}), `records` and `patients` (int16 record name, and the record that
+names the subject), `peaks` (int32 R-peak sample in the record) and the window parameters
+(`before`, `after`, `length`, `sampling_hz`, `class_names`).
+
+The records were read from a copy of the 48 record files whose WFDB signal checksums, signal
+lengths and annotation counts all agree with the PhysioNet release.
 
 ### Rebuild
 

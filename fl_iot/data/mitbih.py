@@ -153,7 +153,10 @@ def extract_record_beats(
         # padtype="line" extends each beat linearly instead of with zeros, so the filter does not
         # ring at the window edges.
         beats = resample_poly(beats, length // divisor, window // divisor, axis=1, padtype="line")
-    return beats.astype(np.float32), labels, peaks
+    beats = beats.astype(np.float32)
+    for cached in (beats, labels, peaks):
+        cached.setflags(write=False)  # shared by every caller of the cache
+    return beats, labels, peaks
 
 
 def normalise_beats(beats: np.ndarray) -> np.ndarray:
