@@ -6,6 +6,7 @@ the node's context and return reply records, so they are testable without Flower
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,8 +18,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDic
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from clients import ATTACKS, TRAINERS, Attack, TrainSettings
+from clients import TRAINERS, Attack, AttackContext, TrainSettings, build_attack
+from clients.trainer import TrainReport
 from fl_iot import protocol as P
+from fl_iot.config import attackers_per_round, devices_per_round
 from fl_iot.data import FederatedData, load_federated_data
 from fl_iot.federation import Device, Federation, build_federation
 from fl_iot.metrics import evaluate_model
@@ -117,7 +120,66 @@ def attack_of(run: RunContext, device: Device) -> Attack | None:
     if not device.attacker:
         return None
     options: dict[str, Any] = OmegaConf.to_container(run.cfg.attack.options, resolve=True)  # type: ignore[assignment]
-    return ATTACKS.get(run.cfg.attack.name)(**options)
+    return build_attack(run.cfg.attack.name, options)
+
+
+def local_update(
+    run: RunContext,
+    device: Device,
+    global_arrays: ArrayRecord,
+    config: ConfigRecord,
+    state: RecordDict,
+    attack: Attack | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[dict[str, np.ndarray], TrainReport]:
+    """Train ``global_arrays`` on ``device``'s data (poisoned first by ``attack``, if any).
+
+    Sends nothing, so a colluding attacker can call it for any device of the federation.
+
+    Raises
+    ------
+    TrainingDeclinedError
+        When the device's trainer refuses the round.
+    """
+    server_round = int(config.get(P.SERVER_ROUND, 0))  # type: ignore[arg-type]
+    settings = train_settings(run, device, server_round, config)
+    local_train, _ = run.data.device_split(device.device_id)
+    if attack is not None:
+        rng = rng if rng is not None else np.random.default_rng(settings.seed)
+        local_train = attack.poison_data(local_train, run.data.source.num_classes, rng)
+
+    model = fresh_model(run, global_arrays)
+    torch.manual_seed(settings.seed)
+    trainer = TRAINERS.get(run.cfg.device_classes[device.device_class].trainer)(
+        **OmegaConf.to_container(run.cfg.device_classes[device.device_class].trainer_options)  # type: ignore[arg-type]
+    )
+    report = trainer.train(model, local_train, settings, state)
+    if report.declined is not None:
+        raise TrainingDeclinedError(
+            f"device {device.device_id} ({device.device_class}): {report.declined}"
+        )
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}, report
+
+
+def attack_context(
+    run: RunContext, device: Device, global_arrays: ArrayRecord, config: ConfigRecord
+) -> AttackContext:
+    """What an attacker knows this round: the colluders, ``n`` and ``f``, and their training."""
+
+    def honest_update_of(device_id: int) -> dict[str, np.ndarray]:
+        # A fresh state: every colluder reconstructs the same update, wherever it runs.
+        local, _ = local_update(run, run.federation[device_id], global_arrays, config, RecordDict())
+        return local
+
+    return AttackContext(
+        device_id=device.device_id,
+        server_round=int(config.get(P.SERVER_ROUND, 0)),  # type: ignore[arg-type]
+        colluders=tuple(sorted(run.federation.attackers)),
+        num_sampled=devices_per_round(run.cfg),
+        num_attackers=attackers_per_round(_root_=run.cfg),
+        run_key=hashlib.sha256(OmegaConf.to_yaml(run.cfg).encode()).hexdigest(),
+        honest_update_of=honest_update_of,
+    )
 
 
 def train_on_device(
@@ -136,29 +198,18 @@ def train_on_device(
     global_arrays: ArrayRecord = content[P.ARRAYS]  # type: ignore[assignment]
     config: ConfigRecord = content.get(P.CONFIG, ConfigRecord())  # type: ignore[assignment]
     server_round = int(config.get(P.SERVER_ROUND, 0))  # type: ignore[arg-type]
-    settings = train_settings(run, device, server_round, config)
-    local_train, _ = run.data.device_split(device_id)
     attack = attack_of(run, device)
-    rng = np.random.default_rng(settings.seed)
-    if attack is not None:
-        local_train = attack.poison_data(local_train, run.data.source.num_classes, rng)
+    rng = np.random.default_rng(device_seed(run.cfg.seed, device_id, server_round))
+    local, report = local_update(run, device, global_arrays, config, state, attack, rng)
 
-    model = fresh_model(run, global_arrays)
-    torch.manual_seed(settings.seed)
-    trainer = TRAINERS.get(run.cfg.device_classes[device.device_class].trainer)(
-        **OmegaConf.to_container(run.cfg.device_classes[device.device_class].trainer_options)  # type: ignore[arg-type]
-    )
-    report = trainer.train(model, local_train, settings, state)
-    if report.declined is not None:
-        raise TrainingDeclinedError(
-            f"device {device_id} ({device.device_class}): {report.declined}"
-        )
-
-    local = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     num_examples = report.num_examples
     if attack is not None:
         attacked = attack.poison_update(
-            {k: np.asarray(v.numpy()) for k, v in global_arrays.items()}, local, num_examples, rng
+            {k: np.asarray(v.numpy()) for k, v in global_arrays.items()},
+            local,
+            num_examples,
+            rng,
+            attack_context(run, device, global_arrays, config),
         )
         local, num_examples = attacked.arrays, attacked.num_examples
     relative_speed = run.cfg.device_classes[device.device_class].relative_speed
