@@ -164,6 +164,10 @@ class DpSgdTrainer(LocalTrainer):
     Epsilon is Opacus' RDP accountant at the profile's delta with :data:`RDP_ORDERS`; the
     ``target_epsilon`` of a profile refers to that accountant. ``fl_iot.privacy.epsilon_rdp``
     and ``epsilon_pld`` recompute it independently with Google's ``dp-accounting``.
+
+    The guarantee covers the model update only. ``TrainReport.loss`` (the mean training loss)
+    and ``num_examples`` are computed from the raw local data without noise; a deployment that
+    needs the full guarantee must not send them (or must privatise them) in the reply.
     """
 
     def __init__(

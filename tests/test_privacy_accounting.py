@@ -19,6 +19,7 @@ from fl_iot.privacy import (
     epsilon_opacus_rdp,
     epsilon_pld,
     epsilon_rdp,
+    privacy_summary,
     validate_history,
 )
 from fl_iot.privacy.rdp import rdp_sampled_gaussian
@@ -222,3 +223,25 @@ def test_bad_profiles_name_the_value_and_range(values, message):
 def test_profile_defaults():
     profile = PrivacyProfile.from_mapping({"target_epsilon": 3})
     assert profile == PrivacyProfile(target_epsilon=3.0, delta=1e-5, max_grad_norm=1.0)
+
+
+# --- fleet summary --------------------------------------------------------------------------------
+
+
+def test_fleet_summary_reports_the_worst_device():
+    replies = [
+        {"num-examples": 100, "epsilon": 1.5, "delta": 1e-5, "budget-exhausted": 0.0},
+        {"num-examples": 10, "epsilon": 2.9, "delta": 1e-5, "budget-exhausted": 1.0},
+        {"num-examples": 50, "train-loss": 0.3},  # a non-private device
+    ]
+    summary = privacy_summary(replies)
+    assert summary == {
+        "epsilon-max": 2.9,
+        "delta-max": 1e-5,
+        "epsilon-mean": pytest.approx(2.2),
+        "private-devices": 2.0,
+        "budget-exhausted-devices": 1.0,
+    }
+    assert privacy_summary([{"num-examples": 5}]) == {}
+    with pytest.raises(ValueError, match="metric 'epsilon' must be a number, got 'high'"):
+        privacy_summary([{"epsilon": "high"}])

@@ -25,6 +25,7 @@ from fl_iot.privacy.memory import (
     estimate_training_memory,
 )
 from fl_iot.privacy.profile import PrivacyProfile
+from fl_iot.privacy.reporting import privacy_summary
 
 __all__ = [
     "GHOST_MIN_PARAMS",
@@ -45,5 +46,6 @@ __all__ = [
     "epsilon_pld",
     "epsilon_rdp",
     "estimate_training_memory",
+    "privacy_summary",
     "validate_history",
 ]
