@@ -10,7 +10,6 @@ value and the valid choices, and exits with status 2 without a traceback.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -22,8 +21,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fl_iot.config import register_configs, validate_config
 from fl_iot.errors import EXIT_CODE_USER_ERROR, FlIotError
 from fl_iot.run_config import CONF_DIR
-
-log = logging.getLogger("fl_iot")
 
 
 def run_study(cfg: DictConfig, output_dir: Path) -> dict[str, object]:
@@ -48,7 +45,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
     try:
         summary = run_study(cfg, Path(hydra_cfg.runtime.output_dir))
     except FlIotError as error:
-        log.error("%s", error)
         print(f"fl-iot: error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_CODE_USER_ERROR) from None
     final = summary.get("final", {})
