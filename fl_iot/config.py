@@ -174,6 +174,7 @@ def validate_config(cfg: DictConfig | Config) -> None:
     """
     from clients import ATTACKS, TRAINERS
     from fl_iot.data import DATASETS
+    from fl_iot.privacy.profile import PrivacyProfile
     from fl_iot.tracking import SINK_FACTORIES
 
     scenario = cfg.scenario
@@ -222,6 +223,7 @@ def validate_config(cfg: DictConfig | Config) -> None:
     )
     for name, device_class in cfg.device_classes.items():
         TRAINERS.get(device_class.trainer)
+        PrivacyProfile.from_mapping(device_class.privacy)
         _require(device_class.batch_size >= 1, f"device_classes.{name}.batch_size must be >= 1")
         _require(device_class.local_epochs >= 1, f"device_classes.{name}.local_epochs must be >= 1")
         _require(

@@ -8,6 +8,7 @@ bundle) with overrides built here::
     scenario = "healthcare_wearables"   ->  scenario=healthcare_wearables
     strategy = "trusted"                ->  strategy=trusted
     attack = "none"                     ->  attack=none
+    privacy = "none"                    ->  privacy=none
     tracking = "local"                  ->  tracking=local
     seed = 0                            ->  seed=0
     data-root = "/data"                 ->  scenario.dataset.root=/data
@@ -27,7 +28,7 @@ from omegaconf import DictConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
-GROUP_KEYS = ("scenario", "strategy", "attack", "tracking")
+GROUP_KEYS = ("scenario", "strategy", "attack", "tracking", "privacy")
 """Run-config keys that select a Hydra config group option."""
 
 

@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import Strategy
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from fl_iot.budgets import check_device_memory
 from fl_iot.config import to_container
 from fl_iot.device_runtime import RunContext, fresh_model, run_context
 from fl_iot.metrics import evaluate_model, scores
@@ -75,6 +76,7 @@ def run_server(
     result = result if result is not None else RunResult()
     torch.set_num_threads(1)
     run = run_context(cfg)
+    check_device_memory(run)
     strategy = build_strategy(cfg)
     arrays = initial_arrays(run)
     info = RunInfo(

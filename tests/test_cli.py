@@ -86,6 +86,11 @@ def test_progress_is_shown_per_round(default_run):
         (["attack.fraction=1.5"], ["attack.fraction", "1.5", "more attackers than devices"]),
         (["scenario.num_devices=48"], ["num_devices=48", "only 47"]),
         (
+            ["device_classes.wearable.memory_limit_mb=0.5"],
+            ["device class 'wearable'", "exceeds memory_limit_mb=0.5"],
+        ),
+        (["privacy=secret"], ["privacy/secret", "local_dp", "none"]),
+        (
             ["scenario.dataset.options.source=records", "scenario.dataset.root=/nonexistent/data"],
             ["'mitbih' not found", "/nonexistent/data"],
         ),
