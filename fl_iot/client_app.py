@@ -20,6 +20,7 @@ from fl_iot.device_runtime import (
     evaluate_on_device,
     train_on_device,
 )
+from fl_iot.protocol import DECLINED_ERROR_CODE
 from fl_iot.roster import roll_call_reply
 from fl_iot.run_config import config_from_run_config
 
@@ -27,9 +28,6 @@ log = logging.getLogger(__name__)
 
 ConfigSource = Callable[[Context], DictConfig]
 """Returns the composed config of the run a message belongs to."""
-
-DECLINED_ERROR_CODE = 4201
-"""Error code of a reply from a device that declined to train (for example, budget spent)."""
 
 
 def build_client_app(config_source: ConfigSource) -> ClientApp:

@@ -110,7 +110,8 @@ def train_settings(
         proximal_mu=float(config.get(P.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
         seed=device_seed(run.cfg.seed, device.device_id, server_round),
         planned_rounds=scenario.num_rounds,
-        participation=scenario.fraction_train,
+        # What Flower's sampler really achieves: min_train_devices can lift it above the fraction.
+        participation=devices_per_round(run.cfg) / scenario.num_devices,
         privacy=OmegaConf.to_container(device_class.privacy, resolve=True),  # type: ignore[arg-type]
     )
 
@@ -219,12 +220,12 @@ def train_on_device(
         P.TRAIN_STEPS: report.steps,
         P.WALL_TIME: report.wall_time_s,
         P.COMPUTE_TIME: report.wall_time_s / relative_speed,
-        **report.metrics,
     }
     return RecordDict(
         {
             P.ARRAYS: ArrayRecord({k: torch.from_numpy(np.asarray(v)) for k, v in local.items()}),
             P.METRICS: MetricRecord(metrics),
+            P.TRAINER: ConfigRecord({k: float(v) for k, v in report.metrics.items()}),
             P.DEVICE: device_record(device),
         }
     )

@@ -1,16 +1,22 @@
 """The keys and message shapes the ServerApp and the ClientApp agree on.
 
-A train reply carries three records::
+A train reply carries four records::
 
     "arrays"  ArrayRecord   the updated weights (state-dict keys of the original module)
-    "metrics" MetricRecord  num-examples, train-loss, train-steps, compute-time-s, wall-time-s,
-                            plus trainer-specific scalars (epsilon, ...)
+    "metrics" MetricRecord  num-examples, train-loss, train-steps, compute-time-s, wall-time-s
+                            (the same keys from every trainer)
+    "trainer" ConfigRecord  trainer-specific scalars: epsilon, delta, noise-multiplier, ... for
+                            DP-SGD; empty for the standard trainer
     "device"  ConfigRecord  device-id, device-class
 
-An evaluate reply carries "metrics" (num-examples, loss, confusion) and "device". Identity lives in
-a ConfigRecord so that Flower's strategies, which weighted-average every entry of the MetricRecord,
-never average it. A device is not a Flower node: the server maps ``metadata.src_node_id`` to a
-device id with a roll call (a ``query`` message) before the first round.
+An evaluate reply carries "metrics" (num-examples, loss, confusion) and "device". Identity and
+trainer-specific values live in ConfigRecords: Flower's strategies weighted-average every entry of
+the MetricRecord and refuse replies whose MetricRecords have different keys, so a fleet mixing
+private and non-private devices must keep the MetricRecord uniform (and an averaged epsilon would
+hide the worst device's).
+
+A device is not a Flower node: the server maps ``metadata.src_node_id`` to a device id with a roll
+call (a ``query`` message) before the first round.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ ARRAYS = "arrays"
 METRICS = "metrics"
 CONFIG = "config"
 DEVICE = "device"
+TRAINER = "trainer"
 
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
@@ -32,6 +39,9 @@ DEVICE_ID = "device-id"
 DEVICE_CLASS = "device-class"
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
+
+DECLINED_ERROR_CODE = 4201
+"""Error code of a train reply from a device that declined to train (e.g. privacy budget spent)."""
 
 ROLL_CALL = "query.roll_call"
 """Message type of the roll call that maps Flower node ids to device ids."""

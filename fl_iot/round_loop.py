@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fl_iot import protocol as P
 from fl_iot.federation import Federation
 from fl_iot.metrics import scores
+from fl_iot.privacy.reporting import privacy_summary
 from fl_iot.roster import DeviceOrderedGrid, Roster
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,13 @@ class RoundRecord:
     sampled: int = 0
     replied: int = 0
     failed: int = 0
+    declined: int = 0
     missing: int = 0
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     by_class: dict[str, dict[str, float]] = field(default_factory=dict)
     strategy: dict[str, Any] = field(default_factory=dict)
     detection: dict[str, float] = field(default_factory=dict)
+    privacy: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,7 +123,10 @@ class RoundLoop:
         replies = self._send(grid, messages)
         record.sampled = len(messages)
         record.replied = sum(1 for r in replies if not r.has_error())
-        record.failed = sum(1 for r in replies if r.has_error())
+        record.declined = sum(
+            1 for r in replies if r.has_error() and r.error.code == P.DECLINED_ERROR_CODE
+        )
+        record.failed = sum(1 for r in replies if r.has_error()) - record.declined
         record.missing = len(messages) - len(replies)
         self._record_train_replies(replies, record)
         try:
@@ -191,7 +197,7 @@ class RoundLoop:
 
     def _record_train_replies(self, replies: Iterable[Message], record: RoundRecord) -> None:
         losses: list[tuple[float, float]] = []
-        class_stats: dict[str, list[float]] = {}
+        entries: list[dict[str, Any]] = []
         for reply in replies:
             device_id = self.roster.device_of(reply.metadata.src_node_id)
             key = str(device_id if device_id is not None else f"node-{reply.metadata.src_node_id}")
@@ -202,30 +208,42 @@ class RoundLoop:
             if reply.has_error():
                 entry["error"] = reply.error.reason
                 continue
-            metrics = _metric_record(reply)
-            for name, value in (metrics or {}).items():
-                if isinstance(value, int | float) and np.isfinite(value):
-                    entry[name] = float(value)
+            entry.update(_numbers(reply, P.METRICS))
+            entry.update(_numbers(reply, P.TRAINER))
+            entries.append(entry)
             n, loss = entry.get(P.NUM_EXAMPLES), entry.get(P.TRAIN_LOSS)
             if n is not None and loss is not None and n > 0:
                 losses.append((n, loss))
-            if device_id is not None and "compute-time-s" in entry:
-                class_stats.setdefault(entry["device_class"], []).append(entry["compute-time-s"])
         if losses:
             weights = np.array([n for n, _ in losses])
             record.train = {
                 "loss": float(np.average([loss for _, loss in losses], weights=weights)),
                 "num_examples": float(weights.sum()),
             }
-        for device_class, times in class_stats.items():
-            record.by_class.setdefault(device_class, {}).update(
-                {"devices_trained": float(len(times)), "max_compute_time_s": float(max(times))}
-            )
+        record.privacy = privacy_summary(e for e in entries if "epsilon" in e)
+        for device_class in sorted({e["device_class"] for e in entries if "device_class" in e}):
+            of_class = [e for e in entries if e.get("device_class") == device_class]
+            stats = record.by_class.setdefault(device_class, {})
+            stats["devices_trained"] = float(len(of_class))
+            times = [e[P.COMPUTE_TIME] for e in of_class if P.COMPUTE_TIME in e]
+            if times:
+                stats["max_compute_time_s"] = float(max(times))
+            epsilons = [e["epsilon"] for e in of_class if "epsilon" in e]
+            if epsilons:
+                stats["epsilon_max"] = float(max(epsilons))
 
 
-def _metric_record(reply: Message) -> MetricRecord | None:
-    records = reply.content.metric_records
-    return next(iter(records.values())) if len(records) == 1 else None
+def _numbers(reply: Message, record_name: str) -> dict[str, float]:
+    """The finite numeric entries of one of a reply's records (absent or malformed: none)."""
+    try:
+        values = reply.content[record_name]
+    except KeyError:
+        return {}
+    return {
+        str(name): float(value)
+        for name, value in values.items()  # type: ignore[attr-defined]
+        if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+    }
 
 
 def _evaluate_reply(

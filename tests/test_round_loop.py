@@ -45,7 +45,13 @@ def test_a_run_samples_trains_evaluates_and_summarises(tmp_path):
 
     assert summary["status"] == "completed"
     assert summary["rounds_completed"] == 2
-    assert summary["clients"] == {"sampled": 6, "replied": 6, "failed": 0, "missing": 0}
+    assert summary["clients"] == {
+        "sampled": 6,
+        "replied": 6,
+        "failed": 0,
+        "declined": 0,
+        "missing": 0,
+    }
     assert set(summary["final"]["central"]) == {"accuracy", "macro_f1", "balanced_accuracy", "loss"}
     assert summary["final"]["federated"]["num_examples"] > 0
 
@@ -82,7 +88,13 @@ def test_failed_and_silent_devices_are_counted_and_the_run_goes_on(tmp_path):
     summary = result.summary
 
     assert summary["status"] == "completed"
-    assert summary["clients"] == {"sampled": 12, "replied": 8, "failed": 2, "missing": 2}
+    assert summary["clients"] == {
+        "sampled": 12,
+        "replied": 8,
+        "failed": 2,
+        "declined": 0,
+        "missing": 2,
+    }
     records = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert '"error": "device crashed"' in records[0]
 

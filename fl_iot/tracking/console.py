@@ -59,11 +59,15 @@ def format_round(record: RoundRecord) -> str:
     clients = f"clients {record.replied}/{record.sampled} replied"
     if record.failed:
         clients += f", {record.failed} failed"
+    if record.declined:
+        clients += f", {record.declined} declined"
     if record.missing:
         clients += f", {record.missing} missing"
     if record.detection:
         clients += f", rejected {int(record.detection['rejected'])}"
     parts.append("| " + clients)
+    if record.privacy:
+        parts.append(f"| epsilon max {_fmt(record.privacy.get('epsilon-max'))}")
     parts.append(f"| {record.elapsed_s:.1f} s")
     if record.errors:
         parts.append(f"| errors: {'; '.join(record.errors)}")

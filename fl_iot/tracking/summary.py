@@ -62,10 +62,12 @@ def summarize(
         "best_central": _best(records, "central"),
         "initial_central": initial_central,
         "detection": _mean_detection(records),
+        "privacy": _privacy(records),
         "clients": {
             "sampled": sum(r.sampled for r in records),
             "replied": sum(r.replied for r in records),
             "failed": sum(r.failed for r in records),
+            "declined": sum(r.declined for r in records),
             "missing": sum(r.missing for r in records),
         },
         "timings": {
@@ -88,6 +90,18 @@ def _best(records: list[RoundRecord], part: str) -> dict[str, float]:
         return {}
     best = max(scored, key=lambda r: getattr(r, part)["macro_f1"])
     return {"round": best.round, **getattr(best, part)}
+
+
+def _privacy(records: list[RoundRecord]) -> dict[str, float]:
+    """The fleet's worst epsilon over the run (each device's epsilon only grows)."""
+    rounds = [r.privacy for r in records if r.privacy]
+    if not rounds:
+        return {}
+    return {
+        "epsilon-max": max(p["epsilon-max"] for p in rounds),
+        "delta-max": max(p["delta-max"] for p in rounds),
+        "budget-exhausted-devices-last-round": rounds[-1]["budget-exhausted-devices"],
+    }
 
 
 def _mean_detection(records: list[RoundRecord]) -> dict[str, float]:

@@ -65,8 +65,9 @@ class WandbSink(Sink):
         for part in ("central", "federated", "train"):
             for key, value in summary["final"][part].items():
                 self.run.summary[f"final/{part}/{key}"] = value
-        for key, value in summary.get("detection", {}).items():
-            self.run.summary[f"detection/{key}"] = value
+        for part in ("detection", "privacy"):
+            for key, value in summary.get(part, {}).items():
+                self.run.summary[f"{part}/{key}"] = value
         self.run.summary["status"] = summary["status"]
         self.run.summary["rounds_completed"] = summary["rounds_completed"]
         self.run.finish(exit_code=0 if summary["status"] == "completed" else 1)
@@ -76,10 +77,10 @@ class WandbSink(Sink):
 def round_metrics(record: RoundRecord) -> dict[str, float]:
     """The flat scalar metrics of one round, keyed ``<part>/<name>``."""
     metrics: dict[str, float] = {"round_time_s": record.round_time_s, "elapsed_s": record.elapsed_s}
-    for part in ("central", "federated", "train", "detection"):
+    for part in ("central", "federated", "train", "detection", "privacy"):
         for key, value in getattr(record, part).items():
             metrics[f"{part}/{key}"] = value
-    for key in ("sampled", "replied", "failed", "missing"):
+    for key in ("sampled", "replied", "failed", "declined", "missing"):
         metrics[f"clients/{key}"] = getattr(record, key)
     for device_class, values in record.by_class.items():
         for key, value in values.items():
