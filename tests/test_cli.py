@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from fl_iot.models import Cnn1d
+from fl_iot.models import build_model
 from tests.e2e import TINY, run_cli, run_dir_override
 
 
@@ -61,7 +61,11 @@ def test_summary_records_config_versions_seed_and_timings(default_run):
 def test_final_model_loads_into_the_scenario_model(default_run):
     run_dir, _ = default_run
     summary = json.loads((run_dir / "summary.json").read_text())
-    model = Cnn1d(summary["dataset"]["input_shape"], len(summary["dataset"]["classes"]))
+    model = build_model(
+        summary["config"]["scenario"]["model"],
+        summary["dataset"]["input_shape"],
+        len(summary["dataset"]["classes"]),
+    )
 
     model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
 
