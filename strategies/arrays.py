@@ -22,6 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+SUPPORTED_KINDS = "fiub"
+"""dtype kinds a model may hold: floating-point parameters, integer and boolean buffers."""
+
 CHUNK = 65_536
 """Elements per chunk in the streaming reductions (256 KiB of float32: fits in L2)."""
 
@@ -182,6 +185,8 @@ class ModelSpec:
         specs, views = [], {}
         for key, array in record.items():
             flat, dtype, shape = decode_array(array)
+            if dtype.kind not in SUPPORTED_KINDS:
+                raise ArrayFormatError(f"array {key!r} has unsupported dtype {dtype}")
             specs.append(ArraySpec(key, dtype, shape))
             views[key] = flat
         return cls(tuple(specs), views)
@@ -228,6 +233,14 @@ def squared_update_norms(
         which doubles as the malformed-value check without a separate ``isfinite`` pass.
     """
     out = np.zeros(len(updates), dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is the signal, not an error
+        _accumulate_norms(out, updates, spec, chunk)
+    return out
+
+
+def _accumulate_norms(
+    out: np.ndarray, updates: Sequence[dict[str, np.ndarray]], spec: ModelSpec, chunk: int
+) -> None:
     for arr in spec.float_arrays:
         work = _work_dtype(arr.dtype)
         buf = np.empty(min(chunk, max(arr.size, 1)), dtype=work)
@@ -243,7 +256,6 @@ def squared_update_norms(
                 else:
                     np.subtract(v, g, out=b, dtype=work)
                 out[i] += float(np.dot(b, b))
-    return out
 
 
 def weighted_average(

@@ -84,7 +84,10 @@ def robust_center_scale(
     widths = x[h - 1 :] - x[: n - h + 1]
     j = int(np.argmin(widths))  # first minimum: deterministic for ties
     center = float(np.median(x[j : j + h]))
-    scale = floored(center, float(widths[j]) / (2 * _Z75))
+    # Rousseeuw & Leroy's finite-sample correction of the shortest-half scale: with a handful of
+    # devices the shortest half is tighter than the population's, which would flag honest ones.
+    small_sample = 1.0 + 5.0 / (n - 1) if n > 1 else 1.0
+    scale = floored(center, small_sample * float(widths[j]) / (2 * _Z75))
     inliers = x[np.abs(x - center) <= cut * scale]
     if len(inliers) >= 2:
         center = float(inliers.mean())

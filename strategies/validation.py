@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from fl_iot import protocol as P
 from strategies.arrays import (
+    SUPPORTED_KINDS,
     ArrayFormatError,
     ArraySpec,
     ModelSpec,
@@ -167,7 +168,10 @@ def _layout_of(content: RecordDict) -> tuple[ArraySpec, ...] | None:
     """The layout a reply claims, for guessing the model when no global model was captured."""
     try:
         (_, record), _ = _records(content)
-        return tuple(ArraySpec(k, *decode_array(a)[1:]) for k, a in record.items())
+        layout = tuple(ArraySpec(k, *decode_array(a)[1:]) for k, a in record.items())
+        if any(spec.dtype.kind not in SUPPORTED_KINDS for spec in layout):
+            return None
+        return layout
     except (ValueError, ArrayFormatError, TypeError):
         return None
 

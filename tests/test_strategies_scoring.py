@@ -1,0 +1,181 @@
+"""Robust statistics and anomaly scores of strategies.scoring, on tiny hand-made inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord
+
+from strategies import AnomalyThresholds, anomaly_scores, robust_center_scale, update_statistics
+from strategies.arrays import ModelSpec
+from strategies.scoring import (
+    SamplePlan,
+    UpdateStatistics,
+    gather_sample,
+    history_anomaly,
+    row_median,
+)
+
+
+def test_robust_center_scale_of_a_clean_normal_sample_is_consistent() -> None:
+    x = np.random.default_rng(0).normal(5.0, 2.0, size=20_000)
+    center, scale = robust_center_scale(x)
+    assert center == pytest.approx(5.0, abs=0.05)
+    assert scale == pytest.approx(2.0, rel=0.03)
+
+
+def test_robust_center_scale_ignores_40_percent_on_one_side() -> None:
+    # Prepare: 60 % N(0, 1) and 40 % far to the left (a one-sided attack)
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(0.0, 1.0, 6000), rng.normal(-12.0, 0.1, 4000)])
+    # Execute
+    center, scale = robust_center_scale(x)
+    # Assert: the honest mode and (nearly) its spread; median/MAD would be dragged far away
+    assert abs(center) < 0.3
+    assert 0.8 < scale < 1.3
+    mad_scale = 1.4826 * np.median(np.abs(x - np.median(x)))
+    assert mad_scale > 2.5 * scale
+
+
+def test_robust_center_scale_floors() -> None:
+    center, scale = robust_center_scale(np.full(10, 3.0), floor=0.1)
+    assert (center, scale) == (3.0, 0.1)
+    center, scale = robust_center_scale(np.full(10, 0.5), floor=0.01, relative_floor=0.2)
+    assert scale == pytest.approx(0.1)
+    assert np.isnan(robust_center_scale(np.array([np.nan]))[0])
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 1000])
+def test_row_median_equals_numpy_median(n: int) -> None:
+    x = np.random.default_rng(n).standard_normal((33, n)).astype(np.float32)
+    expected = np.median(x, axis=1)
+    np.testing.assert_allclose(row_median(x.copy()), expected, rtol=1e-6)
+
+
+def test_sample_plan_is_seeded_and_spans_float_arrays_only() -> None:
+    # Prepare: 3 float arrays (1000 coordinates) and an int buffer that must not be sampled
+    record = ArrayRecord(
+        {
+            "a": Array(np.zeros(600, np.float32)),
+            "steps": Array(np.zeros(5, np.int64)),
+            "b": Array(np.zeros((20, 15), np.float32)),
+            "c": Array(np.zeros(100, np.float64)),
+        }
+    )
+    spec = ModelSpec.from_arrayrecord(record)
+    # Execute
+    plan = SamplePlan.draw(spec, size=64, seed=3, server_round=2)
+    again = SamplePlan.draw(spec, size=64, seed=3, server_round=2)
+    other = SamplePlan.draw(spec, size=64, seed=3, server_round=3)
+    # Assert
+    assert plan.size == 64
+    assert [k for k, _, _ in plan.parts] == [
+        k for k in ("a", "b", "c") if k in {p[0] for p in plan.parts}
+    ]
+    assert all(np.array_equal(p[1], q[1]) for p, q in zip(plan.parts, again.parts, strict=True))
+    assert any(
+        not np.array_equal(p[1], q[1]) for p, q in zip(plan.parts, other.parts, strict=False)
+    )
+    everything = SamplePlan.draw(spec, size=5000, seed=0, server_round=1)
+    assert everything.size == 1000
+
+
+def test_gather_sample_returns_update_columns() -> None:
+    # Prepare: global [1, 2, 3]; updates x - g are [1, 0, 0] and [0, 0, -3]
+    spec = ModelSpec.from_arrayrecord(ArrayRecord({"w": Array(np.array([1, 2, 3], np.float32))}))
+    plan = SamplePlan.draw(spec, size=16, seed=0, server_round=1)
+    updates = [{"w": np.array([2, 2, 3], np.float32)}, {"w": np.array([1, 2, 0], np.float32)}]
+    # Execute
+    sample = gather_sample(updates, spec, plan)
+    # Assert
+    assert sample.shape == (3, 2)
+    assert sample.T.tolist() == [[1, 0, 0], [0, 0, -3]]
+
+
+def test_update_statistics_hand_computed_cosines() -> None:
+    # Prepare: 5 devices, 2 coordinates; three point along (1, 0), one along (0, 1), one against
+    sample = np.array([[1.0, 2.0, 3.0, 0.0, -1.0], [0.0, 0.0, 0.0, 1.0, 0.0]], np.float32)
+    # Execute: normalised columns are e1, e1, e1, e2, -e1; coordinate median is (1, 0)
+    stats = update_statistics(sample, norms=np.ones(5))
+    # Assert
+    np.testing.assert_allclose(stats.cosine, [1.0, 1.0, 1.0, 0.0, -1.0], atol=1e-6)
+
+
+def _stats(norms: list[float], cosine: list[float], dispersion: list[float]) -> UpdateStatistics:
+    return UpdateStatistics(np.array(norms), np.array(cosine), np.array(dispersion))
+
+
+def test_obvious_outliers_are_rejected_with_the_signal_that_caught_them() -> None:
+    # Prepare: 12 honest devices, then one boosted (norm 50×), one reversed, one too central,
+    # one claiming 1000× the data
+    honest = 12
+    norms = [1.0 + 0.05 * i for i in range(honest)] + [50.0, 1.0, 1.0, 1.0]
+    cosine = [0.6 + 0.01 * i for i in range(honest)] + [0.65, -0.6, 0.65, 0.65]
+    dispersion = [1.0 + 0.02 * i for i in range(honest)] + [1.0, 1.0, 0.05, 1.0]
+    counts = np.array([100.0] * honest + [100.0, 100.0, 100.0, 100_000.0])
+    # Execute
+    scores = anomaly_scores(_stats(norms, cosine, dispersion), counts, AnomalyThresholds())
+    # Assert
+    assert scores.rejected.tolist() == [False] * honest + [True] * 4
+    reasons = scores.reasons[honest:]
+    assert "norm" in str(reasons[0])
+    assert "direction" in str(reasons[1])
+    assert "centre" in str(reasons[2])
+    assert "sample count" in str(reasons[3])
+    assert all(r is None for r in scores.reasons[:honest])
+    assert (scores.score[:honest] < 1).all() and (scores.score[honest:] >= 1).all()
+
+
+def test_norm_rule_hand_computed_at_the_floor() -> None:
+    # Prepare: identical honest norms -> scale at its floor 0.1 (log units), threshold 4:
+    # the boundary is exp(0.4) = 1.49 times the typical norm
+    norms = [1.0] * 10 + [1.45, 1.55]
+    stats = _stats(norms, [0.5] * 12, [1.0] * 12)
+    # Execute
+    scores = anomaly_scores(stats, np.full(12, 10.0), AnomalyThresholds())
+    # Assert
+    assert scores.signals["norm_z"][10] == pytest.approx(np.log(1.45) / 0.1)
+    assert scores.rejected.tolist() == [False] * 11 + [True]
+
+
+def test_rejections_are_capped_at_max_reject_fraction() -> None:
+    # Prepare: 10 devices, 4 of them wildly off, but at most 30 % (3) may be rejected
+    norms = [1.0] * 6 + [10.0, 20.0, 30.0, 40.0]
+    stats = _stats(norms, [0.5] * 10, [1.0] * 10)
+    thresholds = AnomalyThresholds(max_reject_fraction=0.3)
+    # Execute
+    scores = anomaly_scores(stats, np.full(10, 10.0), thresholds)
+    # Assert: the 3 highest scores go; the norm-10 device stays although its score is >= 1
+    assert scores.rejected.tolist() == [False] * 7 + [True] * 3
+    assert scores.score[6] >= 1.0
+
+
+def test_rounds_smaller_than_min_replies_are_not_scored() -> None:
+    scores = anomaly_scores(
+        _stats([1.0, 100.0], [1.0, -1.0], [1.0, 1.0]), np.ones(2), AnomalyThresholds()
+    )
+    assert not scores.rejected.any()
+    assert np.isnan(scores.signals["norm_z"]).all()
+
+
+def test_history_anomaly_ramp() -> None:
+    np.testing.assert_allclose(
+        history_anomaly(np.array([0.0, 0.75, 0.875, 1.0, 3.0])), [0.0, 0.0, 0.5, 1.0, 1.0]
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"norm_threshold": 0}, "norm_threshold must be > 0", id="norm-threshold"),
+        pytest.param({"direction_threshold": -1}, "direction_threshold", id="direction"),
+        pytest.param({"dispersion_ratio": 1.0}, r"dispersion_ratio must be in \(0, 1\)", id="disp"),
+        pytest.param({"max_count_ratio": 1.0}, "max_count_ratio must be > 1", id="count"),
+        pytest.param({"min_replies": 2}, "min_replies must be >= 3", id="min-replies"),
+        pytest.param({"max_reject_fraction": 1.0}, "max_reject_fraction", id="fraction"),
+        pytest.param({"cosine_scale_floor": -0.1}, "cosine_scale_floor", id="floor"),
+    ],
+)
+def test_thresholds_reject_bad_parameters(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AnomalyThresholds(**kwargs)
