@@ -64,3 +64,19 @@ def test_device_split_keeps_one_training_sample_and_is_disjoint():
 def test_device_split_rejects_a_fraction_of_one():
     with pytest.raises(ConfigError, match=r"device_test_fraction must be in \[0, 1\), got 1.0"):
         split_device_data(10, 1.0, seed=0)
+
+
+def test_natural_partition_equals_flwr_datasets_natural_id_partitioner():
+    from datasets import Dataset
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    partitioner = NaturalIdPartitioner(partition_by="group")
+    partitioner.dataset = Dataset.from_dict({"index": list(range(100)), "group": GROUPS.tolist()})
+    expected = {
+        partitioner.partition_id_to_natural_id[pid]: sorted(partitioner.load_partition(pid)["index"])
+        for pid in range(partitioner.num_partitions)
+    }
+
+    ours = partition_indices(LABELS, GROUPS, "natural", None, seed=0)
+
+    assert {str(GROUPS[p[0]]): p.tolist() for p in ours} == expected
