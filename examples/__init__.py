@@ -1,0 +1,1 @@
+"""Examples of fl-iot's plugins used outside fl-iot."""

@@ -1,0 +1,1 @@
+"""A plain Flower app using fl-iot's trusted aggregation strategies (see ``app``)."""

@@ -1,0 +1,72 @@
+"""End to end: the plain-Flower example runs in Flower's Simulation Engine with one bad node.
+
+4 nodes, 2 rounds. The node of partition 0 sends a boosted sign flip in round 1 (an anomaly) and
+NaNs in round 2 (a malformed reply); both are rejected, the run completes, and the model learns.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.simulation import run_simulation
+
+from examples.plain_flower.app import ExampleResult, make_apps
+
+NODES, ROUNDS = 4, 2
+
+
+@pytest.fixture(scope="module")
+def outcome() -> ExampleResult:
+    results: list[ExampleResult] = []
+    server, client = make_apps(
+        num_nodes=NODES, num_rounds=ROUNDS, malicious_partition=0, on_finish=results.append
+    )
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=NODES,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": 2, "log_to_driver": False},
+        },
+    )
+    assert len(results) == 1, "the ServerApp did not finish"
+    return results[0]
+
+
+def test_the_run_completes_with_a_finite_model(outcome: ExampleResult) -> None:
+    arrays = outcome.result.arrays
+    assert set(arrays) == {"w", "b"}
+    assert all(np.isfinite(arrays[k].numpy()).all() for k in arrays)
+    assert sorted(outcome.result.train_metrics_clientapp) == [1, 2]
+    assert sorted(outcome.result.evaluate_metrics_clientapp) == [1, 2]
+
+
+def test_the_bad_node_is_rejected_every_round_with_its_reason(outcome: ExampleResult) -> None:
+    round_1, round_2 = outcome.reports[1], outcome.reports[2]
+    assert list(round_1["rejected"]) == ["0"]
+    assert "norm" in round_1["rejected"]["0"] or "direction" in round_1["rejected"]["0"]
+    assert round_1["devices"]["0"]["status"] == "anomalous"
+    assert list(round_2["rejected"]) == ["0"]
+    assert "NaN" in round_2["rejected"]["0"]
+    assert round_2["devices"]["0"]["status"] == "malformed"
+    for report in (round_1, round_2):
+        assert report["num_replies"] == NODES and report["num_accepted"] == NODES - 1
+        json.dumps(report, allow_nan=False)
+
+
+def test_the_bad_node_loses_reliability_and_honest_nodes_share_the_weight(
+    outcome: ExampleResult,
+) -> None:
+    devices = outcome.reports[2]["devices"]
+    honest = [devices[str(p)] for p in range(1, NODES)]
+    assert devices["0"]["reliability"] < min(d["reliability"] for d in honest)
+    assert sum(d["weight"] for d in honest) == pytest.approx(1.0)
+
+
+def test_the_global_model_learns_despite_the_attacker(outcome: ExampleResult) -> None:
+    accuracy = outcome.central_accuracy
+    assert accuracy[0] < 0.5  # zeros: one class for everything
+    assert accuracy[ROUNDS] >= 0.85
