@@ -19,6 +19,7 @@ from clients import build_attack
 from clients.attacks import COLLUSION_CACHE, alie_update, alie_z
 from fl_iot import protocol as P
 from fl_iot.client_app import build_client_app
+from fl_iot.config import attackers_per_round, devices_per_round
 from fl_iot.device_runtime import local_update, run_context, train_on_device
 from fl_iot.run_config import compose_config
 from fl_iot.server import initial_arrays, run_server
@@ -88,13 +89,16 @@ def test_alie_colluders_send_one_crafted_update_reconstructed_from_honest_traini
     ]
     assert (COLLUSION_CACHE.misses, COLLUSION_CACHE.hits) == (1, 1)
 
-    # mu - z * sigma over the colluders' honest updates, z = z_max(n=3 per round, f=1).
+    # mu - z * sigma over the colluders' honest updates, z = z_max(n, f) for n devices per
+    # round (3 of the 6) and f attackers expected among them (1).
     global_np = as_numpy(arrays)
     updates = [
         {k: v.astype(np.float64) - global_np[k] for k, v in honest(cfg, d, arrays, config).items()}
         for d in colluders
     ]
-    crafted = alie_update(updates, alie_z(3, 1))
+    n, f = devices_per_round(cfg), attackers_per_round(_root_=cfg)
+    assert (n, f) == (3, 1)
+    crafted = alie_update(updates, alie_z(n, f))
     for key, value in global_np.items():
         expected = (value + crafted[key]).astype(value.dtype)
         for sent in [*alone, *together]:
