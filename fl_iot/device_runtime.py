@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -25,7 +26,7 @@ from fl_iot.config import attackers_per_round, devices_per_round
 from fl_iot.data import FederatedData, load_federated_data
 from fl_iot.federation import Device, Federation, build_federation
 from fl_iot.metrics import evaluate_model
-from fl_iot.models import build_model
+from fl_iot.models import model_factory
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,27 @@ class RunContext:
     cfg: DictConfig
     data: FederatedData
     federation: Federation
+    model_factory: Callable[..., nn.Module]
+
+
+_BY_IDENTITY: dict[int, tuple[DictConfig, RunContext]] = {}
 
 
 def run_context(cfg: DictConfig) -> RunContext:
-    """Load (once per process) the data and federation of the run described by ``cfg``."""
-    return _run_context_cached(OmegaConf.to_yaml(cfg, resolve=True))
+    """Load (once per process) the data and federation of the run described by ``cfg``.
+
+    Called for every message, so the common case (the same config object again: the apps hold
+    it in a closure or a cache) is a dict look-up; serialising the config to recognise an equal
+    but new object costs tens of milliseconds.
+    """
+    known = _BY_IDENTITY.get(id(cfg))
+    if known is not None and known[0] is cfg:
+        return known[1]
+    context = _run_context_cached(OmegaConf.to_yaml(cfg, resolve=True))
+    if len(_BY_IDENTITY) >= 8:
+        _BY_IDENTITY.clear()
+    _BY_IDENTITY[id(cfg)] = (cfg, context)  # keeps cfg alive, so its id is not reused
+    return context
 
 
 @lru_cache(maxsize=4)
@@ -63,7 +80,7 @@ def _run_context_cached(cfg_yaml: str) -> RunContext:
         cfg.attack.fraction,
         cfg.seed,
     )
-    return RunContext(cfg, data, federation)
+    return RunContext(cfg, data, federation, model_factory(cfg.scenario.model))
 
 
 def device_id_of(context: Context) -> int:
@@ -85,8 +102,8 @@ def device_seed(seed: int, device_id: int, server_round: int) -> int:
 
 def fresh_model(run: RunContext, arrays: ArrayRecord | None = None) -> nn.Module:
     """The scenario's model, loaded with ``arrays`` when given."""
-    model = build_model(
-        run.cfg.scenario.model, run.data.source.input_shape, run.data.source.num_classes
+    model = run.model_factory(
+        input_shape=run.data.source.input_shape, num_classes=run.data.source.num_classes
     )
     if arrays is not None:
         model.load_state_dict(arrays.to_torch_state_dict())

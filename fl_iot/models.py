@@ -8,7 +8,7 @@ normalisation so that Opacus can compute per-sample gradients without replacing 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -110,16 +110,22 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def build_model(model_cfg: object, input_shape: Sequence[int], num_classes: int) -> nn.Module:
-    """Instantiate a scenario's model config for a dataset's input shape and class count.
+def model_factory(model_cfg: object) -> Callable[..., nn.Module]:
+    """Instantiate a scenario's model config as a factory of ``(input_shape, num_classes)``.
 
-    ``model_cfg`` is a Hydra node with ``_target_`` (and usually ``_partial_: true``); the call is
-    completed with ``input_shape`` and ``num_classes``.
+    ``model_cfg`` is a Hydra node with ``_target_`` (and usually ``_partial_: true``).
     """
     from hydra.utils import instantiate
 
     factory = instantiate(model_cfg, _partial_=True)
-    model = factory(input_shape=tuple(input_shape), num_classes=num_classes)
+    if not callable(factory):
+        raise TypeError(f"model config built {type(factory).__name__}, which is not callable")
+    return factory  # type: ignore[no-any-return]
+
+
+def build_model(model_cfg: object, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """Instantiate a scenario's model config for a dataset's input shape and class count."""
+    model = model_factory(model_cfg)(input_shape=tuple(input_shape), num_classes=num_classes)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model config built {type(model).__name__}, not a torch.nn.Module")
     return model
