@@ -8,14 +8,54 @@ Usable in any Flower app by import alone::
     result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=5)
     report = strategy.round_report(5)  # who was rejected and why, per-device weights
 
-- :class:`ReliabilityWeightedFedAvg`: FedAvg weighted by bounded quantity × quality ×
-  reliability, robust to malformed replies.
-- :class:`AnomalyRejection`: wraps any ``Strategy`` and rejects outlying updates (norm, direction,
-  dispersion, claimed count) before it aggregates.
-- :class:`ReliabilityTracker`: per-device history with decay, serialisable.
+(``examples/plain_flower/app.py`` is a complete app.) In fl-iot, pick ``strategy=trusted``
+(``conf/strategy/trusted.yaml``) or ``strategy=reliability`` (weighting only).
+
+Classes
+-------
+:class:`AnomalyRejection`
+    Wraps any ``Strategy``. Rejects malformed replies and outlying updates, records every
+    device's outcome in a :class:`ReliabilityTracker`, and lets the wrapped strategy aggregate the
+    rest. Never raises on a bad reply.
+:class:`ReliabilityWeightedFedAvg`
+    FedAvg weighted by ``bounded quantity × quality × reliability``; rejects malformed replies.
+:class:`ReliabilityTracker`
+    Per-device history (completed, late, failed, anomalous) with decay; plain-dict state.
+
+Signals, and what each one catches
+----------------------------------
+All of them are computed by the server from the update itself, relative to robust statistics of
+the round (reweighted shortest half, not mean/std), at O(n·d) per round:
+
+============================ ================================================================
+signal                       catches
+============================ ================================================================
+malformed (structure, NaN,   NaN/Inf, wrong keys/shapes/dtypes, extra or missing records,
+Inf, overflow)               missing/negative/non-numeric counts, error replies
+norm (log L2 of x − g)       scaling/boosting, large Gaussian noise, absurd values
+direction (cosine to the     sign flip, IPM (−ε·mean), Gaussian noise, label flip (when it
+coordinate-wise median of    separates, see below)
+normalised updates, on a
+seeded coordinate sample)
+dispersion (RMS of robust    ALIE (mean − z·std) and other crafted updates that sit on the
+per-coordinate z-scores)     coordinate-wise centre: real local updates are noisy everywhere
+count (claimed / median)     weight inflation; the weight itself is also capped (quantity)
+============================ ================================================================
+
+Weights: *quantity* is the claimed count capped at ``quantity_cap × median`` (a liar gains at most
+the cap); *quality* is the agreement of the update with the robust reference (1 for the bulk,
+down to ``min_quality`` for updates pointing away; no self-reported value is trusted);
+*reliability* is a decayed beta-reputation of the device's history, with lateness and failures
+penalised less than anomalies (IoT devices drop out for battery and network reasons).
+
+Limits: per-update statistics cannot separate 40 % label flippers from honest devices with a
+different label mix in one round; they are contained over rounds (rejections when they drift,
+then low reliability). Statistical rejection needs ``min_replies`` (3) well-formed replies, and
+robust statistics assume an honest majority (at most ``max_reject_fraction`` is rejected).
 
 The math lives in module-level functions (:mod:`strategies.scoring`, :mod:`strategies.weighting`,
-:mod:`strategies.arrays`); the strategies are thin layers over Flower's API.
+:mod:`strategies.arrays`, :mod:`strategies.validation`); the strategies are thin layers over
+Flower's API, and round reports follow :mod:`strategies.report`.
 """
 
 from strategies.anomaly import AnomalyRejection
