@@ -8,6 +8,7 @@ activations and, for DP-SGD, per-sample gradients; it errs high and ignores the 
 
 from __future__ import annotations
 
+from fl_iot.config import trainer_of
 from fl_iot.device_runtime import RunContext, fresh_model
 from fl_iot.privacy.memory import MemoryEstimate, check_memory_budget
 
@@ -32,7 +33,7 @@ def check_device_memory(run: RunContext) -> dict[str, MemoryEstimate]:
             model,
             run.data.source.input_shape,
             device_class.batch_size,
-            trainer=device_class.trainer,
+            trainer=trainer_of(run.cfg, name),
             grad_sample_mode=str(device_class.trainer_options.get("grad_sample_mode", "auto")),
             momentum=run.cfg.scenario.optimizer.momentum,
         )

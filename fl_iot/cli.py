@@ -41,14 +41,29 @@ def run_study(cfg: DictConfig, output_dir: Path) -> dict[str, object]:
 def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra's task function; returns the final central macro-F1 (for sweepers)."""
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN and cfg.tracking.wandb.group is None:
-        with open_dict(cfg):
+    with open_dict(cfg):
+        cfg.choices = {
+            group: str(option)
+            for group, option in hydra_cfg.runtime.choices.items()
+            if not any(c in group for c in "/@") and not group.startswith("hydra") and option
+        }
+        if hydra_cfg.mode == RunMode.MULTIRUN and cfg.tracking.wandb.group is None:
             cfg.tracking.wandb.group = Path(hydra_cfg.sweep.dir).name
     try:
         summary = run_study(cfg, Path(hydra_cfg.runtime.output_dir))
     except FlIotError as error:
         print(f"fl-iot: error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_CODE_USER_ERROR) from None
+    except Exception as error:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise
+        # One failed job must not cost a sweep its other jobs; its summary.json says "failed".
+        print(
+            f"fl-iot: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}) failed: "
+            f"{type(error).__name__}: {error}",
+            file=sys.stderr,
+        )
+        return None
     final = summary.get("final", {})
     central = final.get("central", {}) if isinstance(final, dict) else {}
     value = central.get("macro_f1")

@@ -83,6 +83,19 @@ class DeviceClassConfig:
 
 
 @dataclass
+class PrivacyPolicyConfig:
+    """Fleet-wide differential-privacy policy (the ``privacy`` config group).
+
+    ``local_dp`` trains every device class with DP-SGD under its own profile; without it a class
+    can still opt in alone (``device_classes.<name>.trainer=dp-sgd``). ``target_epsilon``, when
+    set, replaces every class's budget (privacy/utility sweeps use it).
+    """
+
+    local_dp: bool = False
+    target_epsilon: float | None = None
+
+
+@dataclass
 class AttackConfig:
     """Simulated attackers: which attack and what fraction of devices run it."""
 
@@ -129,9 +142,13 @@ class Config:
     strategy: Any = MISSING
     device_classes: dict[str, DeviceClassConfig] = field(default_factory=dict)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    privacy: PrivacyPolicyConfig = field(default_factory=PrivacyPolicyConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     seed: int = 0
+    # Names of the config-group options a run was composed from ({"strategy": "trusted", ...}).
+    # The CLI fills them in from Hydra; reports group runs by them.
+    choices: dict[str, str] = field(default_factory=dict)
 
 
 def register_configs() -> None:
@@ -143,6 +160,25 @@ def register_configs() -> None:
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+
+
+LOCAL_DP_TRAINER = "dp-sgd"
+
+
+def trainer_of(cfg: DictConfig, device_class: str) -> str:
+    """The trainer a device class uses under the fleet's privacy policy."""
+    if cfg.privacy.local_dp:
+        return LOCAL_DP_TRAINER
+    return str(cfg.device_classes[device_class].trainer)
+
+
+def privacy_profile_of(cfg: DictConfig, device_class: str) -> dict[str, Any]:
+    """A device class's privacy profile, with the fleet-wide target epsilon applied if set."""
+    profile = OmegaConf.to_container(cfg.device_classes[device_class].privacy, resolve=True)
+    assert isinstance(profile, dict)
+    if cfg.privacy.target_epsilon is not None:
+        profile["target_epsilon"] = float(cfg.privacy.target_epsilon)
+    return {str(k): v for k, v in profile.items()}
 
 
 def devices_per_round(cfg: DictConfig) -> int:
@@ -222,8 +258,8 @@ def validate_config(cfg: DictConfig | Config) -> None:
         f"engine.num_cpus_per_client must be positive, got {cfg.engine.num_cpus_per_client}",
     )
     for name, device_class in cfg.device_classes.items():
-        TRAINERS.get(device_class.trainer)
-        PrivacyProfile.from_mapping(device_class.privacy)
+        TRAINERS.get(trainer_of(cfg, name))  # type: ignore[arg-type]
+        PrivacyProfile.from_mapping(privacy_profile_of(cfg, name))  # type: ignore[arg-type]
         _require(device_class.batch_size >= 1, f"device_classes.{name}.batch_size must be >= 1")
         _require(device_class.local_epochs >= 1, f"device_classes.{name}.local_epochs must be >= 1")
         _require(

@@ -22,7 +22,12 @@ from torch import nn
 from clients import TRAINERS, Attack, AttackContext, TrainSettings, build_attack
 from clients.trainer import TrainReport
 from fl_iot import protocol as P
-from fl_iot.config import attackers_per_round, devices_per_round
+from fl_iot.config import (
+    attackers_per_round,
+    devices_per_round,
+    privacy_profile_of,
+    trainer_of,
+)
 from fl_iot.data import FederatedData, load_federated_data
 from fl_iot.federation import Device, Federation, build_federation
 from fl_iot.metrics import evaluate_model
@@ -129,7 +134,7 @@ def train_settings(
         planned_rounds=scenario.num_rounds,
         # What Flower's sampler really achieves: min_train_devices can lift it above the fraction.
         participation=devices_per_round(run.cfg) / scenario.num_devices,
-        privacy=OmegaConf.to_container(device_class.privacy, resolve=True),  # type: ignore[arg-type]
+        privacy=privacy_profile_of(run.cfg, device.device_class),
     )
 
 
@@ -168,7 +173,7 @@ def local_update(
 
     model = fresh_model(run, global_arrays)
     torch.manual_seed(settings.seed)
-    trainer = TRAINERS.get(run.cfg.device_classes[device.device_class].trainer)(
+    trainer = TRAINERS.get(trainer_of(run.cfg, device.device_class))(
         **OmegaConf.to_container(run.cfg.device_classes[device.device_class].trainer_options)  # type: ignore[arg-type]
     )
     report = trainer.train(model, local_train, settings, state)

@@ -68,4 +68,6 @@ def _compose_cached(overrides: tuple[str, ...]) -> DictConfig:
 
 def config_from_run_config(run_config: Mapping[str, object]) -> DictConfig:
     """The composed, validated Hydra config a ``flwr run`` asks for."""
-    return compose_config(tuple(hydra_overrides(run_config)))
+    overrides = hydra_overrides(run_config)
+    choices = [f"+choices.{key}={run_config[key]}" for key in GROUP_KEYS if run_config.get(key)]
+    return compose_config(tuple(overrides + choices))
