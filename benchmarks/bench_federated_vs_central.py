@@ -50,9 +50,7 @@ def centralized(cfg, epochs: int, batch_size: int) -> dict[str, float]:  # type:
     assert isinstance(resolved, DictConfig)
     run = run_context(resolved)
     parts = [run.data.device_split(i)[0] for i in range(run.data.num_devices)]
-    pooled = LabeledData(
-        np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts])
-    )
+    pooled = LabeledData(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
     torch.manual_seed(cfg.seed)
     model = build_model(
         resolved.scenario.model, run.data.source.input_shape, run.data.source.num_classes

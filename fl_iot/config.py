@@ -208,7 +208,7 @@ def validate_config(cfg: DictConfig | Config) -> None:
     ConfigError
         Naming the first bad value and what would be valid.
     """
-    from clients import ATTACKS, TRAINERS
+    from clients import ATTACKS, TRAINERS, build_attack
     from fl_iot.data import DATASETS
     from fl_iot.privacy.profile import PrivacyProfile
     from fl_iot.tracking import SINK_FACTORIES
@@ -229,7 +229,7 @@ def validate_config(cfg: DictConfig | Config) -> None:
     )
     DATASETS.get(scenario.dataset.name)
     _validate_device_mix(cfg)
-    ATTACKS.get(cfg.attack.name)
+    build_attack(cfg.attack.name, OmegaConf.to_container(cfg.attack.options, resolve=True))  # type: ignore[arg-type]
     _require(
         0.0 <= cfg.attack.fraction <= 1.0,
         f"attack.fraction must be in [0, 1], got {cfg.attack.fraction}: that would make more "

@@ -120,7 +120,7 @@ def model_factory(model_cfg: object) -> Callable[..., nn.Module]:
     factory = instantiate(model_cfg, _partial_=True)
     if not callable(factory):
         raise TypeError(f"model config built {type(factory).__name__}, which is not callable")
-    return factory  # type: ignore[no-any-return]
+    return factory
 
 
 def build_model(model_cfg: object, input_shape: Sequence[int], num_classes: int) -> nn.Module:

@@ -100,6 +100,9 @@ class RoundLoop:
             self._evaluate(grid, server_round, arrays, record)
             if self.central_evaluation is not None:
                 record.central = self.central_evaluation(server_round, arrays)
+            if not all(np.isfinite(a.numpy()).all() for a in arrays.values()):
+                # Scores of a NaN model are argmax artefacts (the first class): say so.
+                record.errors.append("the global model has non-finite weights (diverged)")
             record.round_time_s = time.perf_counter() - round_started
             record.elapsed_s = time.perf_counter() - started
             for sink in self.sinks:
@@ -241,7 +244,7 @@ def _numbers(reply: Message, record_name: str) -> dict[str, float]:
         return {}
     return {
         str(name): float(value)
-        for name, value in values.items()  # type: ignore[attr-defined]
+        for name, value in values.items()
         if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
     }
 
@@ -255,12 +258,12 @@ def _evaluate_reply(
     try:
         metrics = reply.content[P.METRICS]
         device = reply.content[P.DEVICE]
-        matrix = np.asarray(metrics[P.CONFUSION], dtype=np.int64).reshape(num_classes, num_classes)  # type: ignore[index]
-        n = int(metrics[P.NUM_EXAMPLES])  # type: ignore[index,arg-type]
-        loss = float(metrics[P.EVAL_LOSS])  # type: ignore[index,arg-type]
+        matrix = np.asarray(metrics[P.CONFUSION], dtype=np.int64).reshape(num_classes, num_classes)
+        n = int(metrics[P.NUM_EXAMPLES])  # type: ignore[arg-type]
+        loss = float(metrics[P.EVAL_LOSS])  # type: ignore[arg-type]
         if n < 0 or (matrix < 0).any() or matrix.sum() != n or not np.isfinite(loss):
             raise ValueError("inconsistent counts or loss")
-        return int(device[P.DEVICE_ID]), str(device[P.DEVICE_CLASS]), n, loss, matrix  # type: ignore[index,arg-type]
+        return int(device[P.DEVICE_ID]), str(device[P.DEVICE_CLASS]), n, loss, matrix  # type: ignore[arg-type]
     except (KeyError, TypeError, ValueError) as error:
         log.warning(
             "ignoring malformed evaluate reply from node %s: %s", reply.metadata.src_node_id, error

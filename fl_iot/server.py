@@ -25,7 +25,7 @@ from fl_iot.device_runtime import RunContext, fresh_model, run_context
 from fl_iot.metrics import evaluate_model, scores
 from fl_iot.models import count_parameters
 from fl_iot.roster import take_roll_call
-from fl_iot.round_loop import RoundLoop
+from fl_iot.round_loop import CentralEvaluation, RoundLoop
 from fl_iot.tracking import History, RunInfo, build_sinks, package_versions, summarize
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def initial_arrays(run: RunContext) -> ArrayRecord:
     return ArrayRecord(fresh_model(run).state_dict())
 
 
-def central_evaluator(run: RunContext):  # type: ignore[no-untyped-def]
+def central_evaluator(run: RunContext) -> CentralEvaluation:
     """Evaluate the global model on the dataset's central held-out split."""
     test = run.data.source.test
     num_classes = run.data.source.num_classes

@@ -73,7 +73,9 @@ def test_natural_partition_equals_flwr_datasets_natural_id_partitioner():
     partitioner = NaturalIdPartitioner(partition_by="group")
     partitioner.dataset = Dataset.from_dict({"index": list(range(100)), "group": GROUPS.tolist()})
     expected = {
-        partitioner.partition_id_to_natural_id[pid]: sorted(partitioner.load_partition(pid)["index"])
+        partitioner.partition_id_to_natural_id[pid]: sorted(
+            partitioner.load_partition(pid)["index"]
+        )
         for pid in range(partitioner.num_partitions)
     }
 

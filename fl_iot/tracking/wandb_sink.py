@@ -21,13 +21,8 @@ class WandbSink(Sink):
     def __init__(
         self, project: str, entity: str | None, mode: str, group: str | None, tags: list[str]
     ) -> None:
-        self.settings = {
-            "project": project,
-            "entity": entity,
-            "mode": mode,
-            "group": group,
-            "tags": tags,
-        }
+        self.project, self.entity, self.mode, self.group = project, entity, mode, group
+        self.tags = list(tags)
         self.run: Any = None
 
     def start(self, info: RunInfo) -> None:  # noqa: D102
@@ -41,11 +36,11 @@ class WandbSink(Sink):
         scenario = info.config["scenario"]["name"]
         strategy = str(info.config["strategy"].get("_target_", "?")).rsplit(".", 1)[-1]
         self.run = wandb.init(
-            project=self.settings["project"],
-            entity=self.settings["entity"],
-            mode=self.settings["mode"],
-            group=self.settings["group"],
-            tags=list(self.settings["tags"]),
+            project=self.project,
+            entity=self.entity,
+            mode=self.mode,  # type: ignore[arg-type]  # validated against WANDB_MODES
+            group=self.group,
+            tags=self.tags,
             name=f"{scenario}-{strategy}-seed{info.config.get('seed')}",
             dir=str(info.output_dir),
             config=jsonable(info.config),
