@@ -27,12 +27,15 @@ def run_study(cfg: DictConfig, output_dir: Path) -> dict[str, object]:
     """Validate ``cfg``, load its data, run it on the Simulation Engine; return the summary."""
     from fl_iot.budgets import check_device_memory
     from fl_iot.device_runtime import run_context
+    from fl_iot.server import build_strategy
     from fl_iot.simulation import run_in_simulation
 
     validate_config(cfg)
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     assert isinstance(resolved, DictConfig)
-    # Load the data and check device budgets before Ray starts: such errors surface in seconds.
+    # Build the strategy, load the data and check device budgets before Ray starts: such errors
+    # surface in seconds.
+    build_strategy(resolved)
     check_device_memory(run_context(resolved))
     return run_in_simulation(resolved, output_dir).summary
 

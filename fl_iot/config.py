@@ -83,16 +83,28 @@ class DeviceClassConfig:
 
 
 @dataclass
+class CentralDPConfig:
+    """Server-side (device-level) DP; off while ``noise_multiplier`` is null (fl_iot.central_dp)."""
+
+    noise_multiplier: float | None = None
+    clipping_norm: float = 1.0
+    delta: float = 1e-5
+    max_weight_ratio: float = 1.0
+
+
+@dataclass
 class PrivacyPolicyConfig:
     """Fleet-wide differential-privacy policy (the ``privacy`` config group).
 
     ``local_dp`` trains every device class with DP-SGD under its own profile; without it a class
     can still opt in alone (``device_classes.<name>.trainer=dp-sgd``). ``target_epsilon``, when
-    set, replaces every class's budget (privacy/utility sweeps use it).
+    set, replaces every class's budget (privacy/utility sweeps use it). ``central`` adds
+    server-side DP around the strategy.
     """
 
     local_dp: bool = False
     target_epsilon: float | None = None
+    central: CentralDPConfig = field(default_factory=CentralDPConfig)
 
 
 @dataclass

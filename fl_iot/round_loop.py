@@ -147,6 +147,11 @@ class RoundLoop:
             except Exception as error:
                 record.errors.append(f"round_report: {type(error).__name__}: {error}")
         record.detection = detection_scores(record.strategy, replies, self.federation, self.roster)
+        central = record.strategy.get("central_dp")
+        if central:
+            record.privacy["central-epsilon"] = central["epsilon"]
+            record.privacy["central-epsilon-if-poisson"] = central["epsilon_if_poisson_sampling"]
+            record.privacy["central-delta"] = central["delta"]
         if new_arrays is None:
             return arrays
         return new_arrays

@@ -20,7 +20,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fl_iot.budgets import check_device_memory
-from fl_iot.config import to_container
+from fl_iot.central_dp import CentralDP
+from fl_iot.config import devices_per_round, to_container
 from fl_iot.device_runtime import RunContext, fresh_model, run_context
 from fl_iot.metrics import evaluate_model, scores
 from fl_iot.models import count_parameters
@@ -40,14 +41,30 @@ class RunResult:
 
 
 def build_strategy(cfg: DictConfig) -> Strategy:
-    """Instantiate ``cfg.strategy`` (any importable ``Strategy`` via ``_target_``)."""
+    """Instantiate ``cfg.strategy`` (any importable ``Strategy`` via ``_target_``).
+
+    With ``privacy.central.noise_multiplier`` set, the strategy is wrapped in server-side DP
+    (:class:`fl_iot.central_dp.CentralDP`), the outermost layer.
+    """
     strategy = instantiate(cfg.strategy)
     if not isinstance(strategy, Strategy):
         raise TypeError(
             f"strategy._target_={cfg.strategy.get('_target_')!r} built a "
             f"{type(strategy).__name__}, not a flwr.serverapp.strategy.Strategy"
         )
-    return strategy
+    central = cfg.privacy.central
+    if central.noise_multiplier is None:
+        return strategy
+    return CentralDP(
+        strategy,
+        noise_multiplier=central.noise_multiplier,
+        clipping_norm=central.clipping_norm,
+        num_sampled_devices=devices_per_round(cfg),
+        num_devices=cfg.scenario.num_devices,
+        delta=central.delta,
+        max_weight_ratio=central.max_weight_ratio,
+        seed=cfg.seed,
+    )
 
 
 def initial_arrays(run: RunContext) -> ArrayRecord:

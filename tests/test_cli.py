@@ -90,8 +90,8 @@ def test_progress_is_shown_per_round(default_run):
         (["attack.fraction=1.5"], ["attack.fraction", "1.5", "more attackers than devices"]),
         (["scenario.num_devices=48"], ["num_devices=48", "only 47"]),
         (
-            ["device_classes.wearable.memory_limit_mb=0.5"],
-            ["device class 'wearable'", "exceeds memory_limit_mb=0.5"],
+            ["device_classes.wearable.memory_limit_mb=0.01"],
+            ["device class 'wearable'", "exceeds memory_limit_mb=0.01"],
         ),
         (["privacy=secret"], ["privacy/secret", "local_dp", "none"]),
         (

@@ -66,8 +66,10 @@ def format_round(record: RoundRecord) -> str:
     if record.detection:
         clients += f", rejected {int(record.detection['rejected'])}"
     parts.append("| " + clients)
-    if record.privacy:
-        parts.append(f"| epsilon max {_fmt(record.privacy.get('epsilon-max'))}")
+    if "epsilon-max" in record.privacy:
+        parts.append(f"| local epsilon max {_fmt(record.privacy['epsilon-max'])}")
+    if "central-epsilon" in record.privacy:
+        parts.append(f"| central epsilon {_fmt(record.privacy['central-epsilon'])}")
     parts.append(f"| {record.elapsed_s:.1f} s")
     if record.errors:
         parts.append(f"| errors: {'; '.join(record.errors)}")

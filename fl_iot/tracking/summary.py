@@ -93,15 +93,21 @@ def _best(records: list[RoundRecord], part: str) -> dict[str, float]:
 
 
 def _privacy(records: list[RoundRecord]) -> dict[str, float]:
-    """The fleet's worst epsilon over the run (each device's epsilon only grows)."""
-    rounds = [r.privacy for r in records if r.privacy]
-    if not rounds:
-        return {}
-    return {
-        "epsilon-max": max(p["epsilon-max"] for p in rounds),
-        "delta-max": max(p["delta-max"] for p in rounds),
-        "budget-exhausted-devices-last-round": rounds[-1]["budget-exhausted-devices"],
-    }
+    """The fleet's worst local epsilon over the run, and the central epsilon at its end."""
+    local = [r.privacy for r in records if "epsilon-max" in r.privacy]
+    central = [r.privacy for r in records if "central-epsilon" in r.privacy]
+    summary: dict[str, float] = {}
+    if local:
+        summary.update(
+            {
+                "epsilon-max": max(p["epsilon-max"] for p in local),
+                "delta-max": max(p["delta-max"] for p in local),
+                "budget-exhausted-devices-last-round": local[-1]["budget-exhausted-devices"],
+            }
+        )
+    if central:
+        summary.update({k: v for k, v in central[-1].items() if k.startswith("central-")})
+    return summary
 
 
 def _mean_detection(records: list[RoundRecord]) -> dict[str, float]:

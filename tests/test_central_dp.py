@@ -1,0 +1,105 @@
+"""Central DP: bounded influence of one device, per-round epsilon, refused strategies."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg, FedMedian
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from fl_iot.central_dp import CentralDP
+from fl_iot.client_app import build_client_app
+from fl_iot.errors import ConfigError
+from fl_iot.privacy import central_dp_epsilon
+from fl_iot.run_config import compose_config
+from fl_iot.server import run_server
+from tests.in_process_grid import InProcessGrid, set_task_identity
+
+
+def reply_to(node: int, update: np.ndarray, num_examples: int) -> Message:
+    sent = Message(
+        content=RecordDict({"c": ConfigRecord()}), message_type="train", dst_node_id=node
+    )
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({"w": Array(update.astype(np.float32))}),
+            "metrics": MetricRecord({"num-examples": num_examples}),
+        }
+    )
+    return Message(content=content, reply_to=sent)
+
+
+def aggregate(updates: list[np.ndarray], counts: list[int], seed: int = 0) -> np.ndarray:
+    set_task_identity()
+    dp = CentralDP(
+        FedAvg(),
+        noise_multiplier=1e-9,
+        clipping_norm=1.0,
+        num_sampled_devices=4,
+        num_devices=10,
+        seed=seed,
+    )
+    dp.dp.current_arrays = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))})
+    replies = [reply_to(i + 1, u, c) for i, (u, c) in enumerate(zip(updates, counts, strict=True))]
+    arrays, _ = dp.aggregate_train(1, replies)
+    assert arrays is not None
+    return arrays["w"].numpy()
+
+
+def test_one_device_moves_the_aggregate_by_at_most_its_clipped_share():
+    honest = [np.array([0.1, 0.0, 0.0]), np.array([0.0, 0.1, 0.0]), np.array([0.0, 0.0, 0.1])]
+    # The same fleet, once with a modest fourth device and once with a huge one that also
+    # claims a huge sample count: weights are equalised and the update clipped to norm 1.
+    base = aggregate([*honest, np.array([0.1, 0.1, 0.1])], [10, 10, 10, 10])
+    attacked = aggregate([*honest, np.array([1e6, -1e6, 0.0])], [10, 10, 10, 10**6])
+
+    assert np.linalg.norm(attacked - base) <= (1.0 + np.linalg.norm([0.1, 0.1, 0.1])) / 4 + 1e-6
+
+
+def test_equal_weights_make_the_aggregate_an_unweighted_mean_of_clipped_updates():
+    updates = [np.array([3.0, 4.0, 0.0]), np.array([0.5, 0.0, 0.0])]  # the first is clipped to 1
+
+    result = aggregate(updates, [1, 1000])
+
+    np.testing.assert_allclose(result, (np.array([0.6, 0.8, 0.0]) + updates[1]) / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", [FedMedian(), object()])
+def test_strategies_whose_output_is_not_a_bounded_weighted_mean_are_refused(strategy):
+    with pytest.raises(ConfigError, match="central DP cannot wrap"):
+        CentralDP(strategy, 1.0, 1.0, num_sampled_devices=4, num_devices=10)  # type: ignore[arg-type]
+
+
+def test_a_run_reports_central_epsilon_every_round_as_an_independent_accountant_does(tmp_path):
+    GlobalHydra.instance().clear()
+    cfg = compose_config(
+        (
+            "privacy=central_dp",
+            "privacy.central.noise_multiplier=1.2",
+            "scenario.num_devices=6",
+            "scenario.num_rounds=3",
+            "scenario.fraction_train=0.5",
+            "tracking.sinks=[jsonl,summary]",
+        )
+    )
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    assert isinstance(resolved, DictConfig)
+    grid = InProcessGrid(build_client_app(lambda _: resolved), 6)
+
+    summary = run_server(grid, resolved, tmp_path).summary
+
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    epsilons = [r["privacy"]["central-epsilon"] for r in records]
+    for rounds, epsilon in enumerate(epsilons, start=1):
+        expected = central_dp_epsilon([(1.2, 3 / 6, rounds)], 1e-5)  # 3 of 6 replied each round
+        assert epsilon == pytest.approx(expected, rel=1e-9)
+    assert epsilons == sorted(epsilons)
+    assert summary["privacy"]["central-epsilon"] == epsilons[-1]
+    assert all(
+        r["privacy"]["central-epsilon-if-poisson"] < r["privacy"]["central-epsilon"]
+        for r in records
+    )
