@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -79,31 +80,37 @@ def test_progress_is_shown_per_round(default_run):
     assert "clients 4/4 replied" in output
 
 
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        (["scenario=mars_rover"], ["mars_rover", "healthcare_wearables", "vehicle_fleet"]),
-        (["strategy=fedmagic"], ["fedmagic", "fedavg", "krum"]),
-        (["scenario.dataset.name=imagenet"], ["'imagenet'", "mitbih", "occupancy"]),
-        (["scenario.fraction_train=1.5"], ["scenario.fraction_train", "(0, 1]", "1.5"]),
-        (["scenario.num_rounds=0"], ["scenario.num_rounds", ">= 1", "got 0"]),
-        (["attack.fraction=1.5"], ["attack.fraction", "1.5", "more attackers than devices"]),
-        (["scenario.num_devices=48"], ["num_devices=48", "only 47"]),
-        (
-            ["device_classes.wearable.memory_limit_mb=0.01"],
-            ["device class 'wearable'", "exceeds memory_limit_mb=0.01"],
-        ),
-        (["privacy=secret"], ["privacy/secret", "local_dp", "none"]),
-        (
-            ["scenario.dataset.options.source=records", "scenario.dataset.root=/nonexistent/data"],
-            ["'mitbih' not found", "/nonexistent/data"],
-        ),
-    ],
-)
-def test_bad_input_gives_one_clear_message_and_no_traceback(args, expected):
-    result = run_cli(*args, "hydra.run.dir=/tmp/fl-iot-bad-input", timeout=120)
+BAD_INPUT = [
+    (["scenario=mars_rover"], ["mars_rover", "healthcare_wearables", "vehicle_fleet"]),
+    (["strategy=fedmagic"], ["fedmagic", "fedavg", "krum"]),
+    (["scenario.dataset.name=imagenet"], ["'imagenet'", "mitbih", "occupancy"]),
+    (["scenario.fraction_train=1.5"], ["scenario.fraction_train", "(0, 1]", "1.5"]),
+    (["scenario.num_rounds=0"], ["scenario.num_rounds", ">= 1", "got 0"]),
+    (["attack.fraction=1.5"], ["attack.fraction", "1.5", "more attackers than devices"]),
+    (["scenario.num_devices=48"], ["num_devices=48", "only 47"]),
+    (
+        ["device_classes.wearable.memory_limit_mb=0.01"],
+        ["device class 'wearable'", "exceeds memory_limit_mb=0.01"],
+    ),
+    (["privacy=secret"], ["privacy/secret", "local_dp", "none"]),
+    (
+        ["scenario.dataset.options.source=records", "scenario.dataset.root=/nonexistent/data"],
+        ["'mitbih' not found", "/nonexistent/data"],
+    ),
+]
+"""Each bad input and what its message must contain (the bad value and the valid choices)."""
 
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr + result.stdout
-    for text in expected:
-        assert text in result.stderr, (text, result.stderr)
+
+def test_bad_input_gives_one_clear_message_and_no_traceback(tmp_path):
+    # Each case is a separate fl-iot process that fails before Ray starts; run them side by side.
+    def attempt(args: list[str]):
+        return run_cli(*args, f"hydra.run.dir={tmp_path}/{abs(hash(tuple(args)))}", timeout=300)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(attempt, [args for args, _ in BAD_INPUT]))
+
+    for (args, expected), result in zip(BAD_INPUT, results, strict=True):
+        assert result.returncode != 0, args
+        assert "Traceback" not in result.stderr + result.stdout, args
+        for text in expected:
+            assert text in result.stderr, (args, text, result.stderr)

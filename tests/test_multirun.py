@@ -32,7 +32,20 @@ def test_every_scenario_runs_end_to_end_in_one_sweep(shared_data_root, tmp_path)
         assert summary["rounds_completed"] == 2
         assert len((job_dir / "metrics.jsonl").read_text().splitlines()) == 2
         assert (job_dir / "model.pt").is_file() and (job_dir / "metrics.png").is_file()
-        # Multirun jobs share one W&B group: the sweep directory's name.
-        assert offline_run(job_dir)["group"] == sweep_dir.name
+        # Multirun jobs share one W&B group (the sweep directory's name), and each job's
+        # offline W&B run holds its config, every round's metrics and the summary.
+        logged = offline_run(job_dir)
+        assert logged["group"] == sweep_dir.name
+        assert logged["config"]["scenario"]["name"] == summary["scenario"]
+        rounds = [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
+        assert sorted(logged["history"]) == [1, 2]
+        for record in rounds:
+            row = logged["history"][record["round"]]
+            assert row["central/accuracy"] == record["central"]["accuracy"]
+            assert row["federated/macro_f1"] == record["federated"]["macro_f1"]
+            assert row["clients/replied"] == record["replied"]
+        final = summary["final"]["central"]["macro_f1"]
+        assert logged["summary"]["final/central/macro_f1"] == final
+        assert logged["summary"]["status"] == "completed"
         seen.append(summary["scenario"])
     assert sorted(seen) == sorted(SCENARIOS)

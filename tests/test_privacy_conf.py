@@ -80,7 +80,7 @@ def test_a_wearable_accumulates_epsilon_through_the_device_runtime():
             {"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}
         )
         reply = train_on_device(cfg, device.device_id, content, state)
-        epsilons.append(float(reply["metrics"][EPSILON]))  # type: ignore[index]
+        epsilons.append(float(reply["trainer"][EPSILON]))  # type: ignore[index]
         arrays = reply["arrays"]  # type: ignore[assignment]
 
     profile = cfg.device_classes[device.device_class].privacy
