@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDic
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from clients import TRAINERS, Attack, AttackContext, TrainSettings, build_attack
+from clients import TRAINERS, Attack, AttackContext, LocalTrainer, TrainSettings, build_attack
 from clients.trainer import TrainReport
 from fl_iot import protocol as P
 from fl_iot.config import (
@@ -41,6 +41,16 @@ class TrainingDeclinedError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class DeviceClassRuntime:
+    """A device class's settings, read from the config once per process rather than per message."""
+
+    trainer: type[LocalTrainer]
+    trainer_options: dict[str, Any]
+    settings: TrainSettings  # the per-round seed and proximal term are filled in per message
+    relative_speed: float
+
+
+@dataclass(frozen=True)
 class RunContext:
     """Everything derived from the config that every device of a run shares."""
 
@@ -48,6 +58,8 @@ class RunContext:
     data: FederatedData
     federation: Federation
     model_factory: Callable[..., nn.Module]
+    device_classes: dict[str, DeviceClassRuntime]
+    run_key: str  # a digest of the resolved config: names this run in in-process caches
 
 
 _BY_IDENTITY: dict[int, tuple[DictConfig, RunContext]] = {}
@@ -85,7 +97,38 @@ def _run_context_cached(cfg_yaml: str) -> RunContext:
         cfg.attack.fraction,
         cfg.seed,
     )
-    return RunContext(cfg, data, federation, model_factory(cfg.scenario.model))
+    return RunContext(
+        cfg=cfg,
+        data=data,
+        federation=federation,
+        model_factory=model_factory(cfg.scenario.model),
+        device_classes={name: _device_class_runtime(cfg, name) for name in cfg.device_classes},
+        run_key=hashlib.sha256(cfg_yaml.encode()).hexdigest(),
+    )
+
+
+def _device_class_runtime(cfg: DictConfig, name: str) -> DeviceClassRuntime:
+    device_class = cfg.device_classes[name]
+    optimizer = cfg.scenario.optimizer
+    options: dict[str, Any] = OmegaConf.to_container(device_class.trainer_options, resolve=True)  # type: ignore[assignment]
+    return DeviceClassRuntime(
+        trainer=TRAINERS.get(trainer_of(cfg, name)),
+        trainer_options=options,
+        settings=TrainSettings(
+            local_epochs=device_class.local_epochs,
+            max_steps=device_class.max_steps,
+            batch_size=device_class.batch_size,
+            learning_rate=optimizer.learning_rate,
+            momentum=optimizer.momentum,
+            weight_decay=optimizer.weight_decay,
+            planned_rounds=cfg.scenario.num_rounds,
+            # What Flower's sampler really achieves: min_train_devices can lift it above the
+            # fraction.
+            participation=devices_per_round(cfg) / cfg.scenario.num_devices,
+            privacy=privacy_profile_of(cfg, name),
+        ),
+        relative_speed=float(device_class.relative_speed),
+    )
 
 
 def device_id_of(context: Context) -> int:
@@ -119,22 +162,10 @@ def train_settings(
     run: RunContext, device: Device, server_round: int, config: ConfigRecord
 ) -> TrainSettings:
     """The local training settings of ``device``: its class budget plus the scenario optimiser."""
-    device_class = run.cfg.device_classes[device.device_class]
-    optimizer = run.cfg.scenario.optimizer
-    scenario = run.cfg.scenario
-    return TrainSettings(
-        local_epochs=device_class.local_epochs,
-        max_steps=device_class.max_steps,
-        batch_size=device_class.batch_size,
-        learning_rate=optimizer.learning_rate,
-        momentum=optimizer.momentum,
-        weight_decay=optimizer.weight_decay,
+    return replace(
+        run.device_classes[device.device_class].settings,
         proximal_mu=float(config.get(P.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
         seed=device_seed(run.cfg.seed, device.device_id, server_round),
-        planned_rounds=scenario.num_rounds,
-        # What Flower's sampler really achieves: min_train_devices can lift it above the fraction.
-        participation=devices_per_round(run.cfg) / scenario.num_devices,
-        privacy=privacy_profile_of(run.cfg, device.device_class),
     )
 
 
@@ -173,9 +204,8 @@ def local_update(
 
     model = fresh_model(run, global_arrays)
     torch.manual_seed(settings.seed)
-    trainer = TRAINERS.get(trainer_of(run.cfg, device.device_class))(
-        **OmegaConf.to_container(run.cfg.device_classes[device.device_class].trainer_options)  # type: ignore[arg-type]
-    )
+    device_class = run.device_classes[device.device_class]
+    trainer = device_class.trainer(**device_class.trainer_options)
     report = trainer.train(model, local_train, settings, state)
     if report.declined is not None:
         raise TrainingDeclinedError(
@@ -200,7 +230,7 @@ def attack_context(
         colluders=tuple(sorted(run.federation.attackers)),
         num_sampled=devices_per_round(run.cfg),
         num_attackers=attackers_per_round(_root_=run.cfg),
-        run_key=hashlib.sha256(OmegaConf.to_yaml(run.cfg).encode()).hexdigest(),
+        run_key=run.run_key,
         honest_update_of=honest_update_of,
     )
 
@@ -235,7 +265,7 @@ def train_on_device(
             attack_context(run, device, global_arrays, config),
         )
         local, num_examples = attacked.arrays, attacked.num_examples
-    relative_speed = run.cfg.device_classes[device.device_class].relative_speed
+    relative_speed = run.device_classes[device.device_class].relative_speed
     metrics: dict[str, Any] = {
         P.NUM_EXAMPLES: num_examples,
         P.TRAIN_LOSS: report.loss,

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from functools import lru_cache, partial
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fl_iot.client_app import build_client_app
 from fl_iot.server import RunResult
@@ -48,7 +49,10 @@ def run_in_simulation(cfg: DictConfig, output_dir: Path) -> RunResult:
     quiet_flower_logs()
     result = RunResult()
     server_app = build_server_app(lambda _: cfg, lambda _: output_dir, result)
-    client_app = build_client_app(lambda _: cfg)
+    # Flower's Ray backend pickles the ClientApp factory with every message. Capturing the config
+    # as YAML text, turned back into one cached DictConfig per worker, keeps each message's
+    # payload small and lets the workers' per-run caches recognise the config by identity.
+    client_app = build_client_app(partial(config_from_yaml, OmegaConf.to_yaml(cfg)))
     num_cpus = cfg.engine.num_cpus or os.cpu_count() or 1
     backend_config = {
         # Flower's default of 2 CPUs per client serialises clients on a 2-core machine.
@@ -67,6 +71,18 @@ def run_in_simulation(cfg: DictConfig, output_dir: Path) -> RunResult:
     if not result.summary:
         raise SimulationError("the simulation ended before the ServerApp reported a result")
     return result
+
+
+@lru_cache(maxsize=4)
+def _config_from_yaml_text(text: str) -> DictConfig:
+    cfg = OmegaConf.create(text)
+    assert isinstance(cfg, DictConfig)
+    return cfg
+
+
+def config_from_yaml(text: str, context: object = None) -> DictConfig:
+    """The config a worker's ClientApp uses: the same object for the same YAML text."""
+    return _config_from_yaml_text(text)
 
 
 def quiet_flower_logs(level: int = logging.WARNING) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from flwr.app import ArrayRecord
@@ -10,6 +11,13 @@ from fl_iot.round_loop import RoundRecord
 from fl_iot.tracking.base import RunInfo, Sink
 
 PLOT_FILE = "metrics.png"
+
+
+def _import_pyplot() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and in CI
+    import matplotlib.pyplot
 
 
 class PlotSink(Sink):
@@ -23,6 +31,8 @@ class PlotSink(Sink):
             + str(info.config["strategy"].get("_target_", "?")).rsplit(".", 1)[-1]
         )
         self.records: list[RoundRecord] = []
+        # matplotlib takes a second to import: do it while the rounds run, not after them.
+        threading.Thread(target=_import_pyplot, daemon=True).start()
 
     def log_round(self, record: RoundRecord) -> None:  # noqa: D102
         self.records.append(record)
@@ -30,9 +40,7 @@ class PlotSink(Sink):
     def finish(self, summary: dict[str, Any], arrays: ArrayRecord | None) -> None:  # noqa: D102
         if not self.records:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display on servers and in CI
+        _import_pyplot()
         import matplotlib.pyplot as plt
 
         rounds = [r.round for r in self.records]
