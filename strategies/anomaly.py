@@ -77,8 +77,8 @@ class AnomalyRejection(Strategy):
     ----------
     strategy : Strategy
         The strategy that aggregates the accepted updates.
-    norm_threshold, direction_threshold, dispersion_ratio, max_count_ratio, max_reject_fraction,
-    min_replies, norm_scale_floor, cosine_scale_floor, cosine_relative_floor
+    norm_threshold, direction_threshold, dispersion_ratio, duplicate_ratio, max_count_ratio,
+    max_reject_fraction, min_replies, norm_scale_floor, cosine_scale_floor, cosine_relative_floor
         Decision parameters, see :class:`~strategies.scoring.AnomalyThresholds`.
     sample_size : int
         Coordinates sampled per round for direction and dispersion (>= 16; default 4096: the
@@ -105,7 +105,8 @@ class AnomalyRejection(Strategy):
         *,
         norm_threshold: float = 4.0,
         direction_threshold: float = 4.0,
-        dispersion_ratio: float | None = 0.4,
+        dispersion_ratio: float | None = 0.15,
+        duplicate_ratio: float | None = 0.1,
         max_count_ratio: float | None = 10.0,
         max_reject_fraction: float = 0.5,
         min_replies: int = 3,
@@ -126,6 +127,7 @@ class AnomalyRejection(Strategy):
             norm_threshold=norm_threshold,
             direction_threshold=direction_threshold,
             dispersion_ratio=dispersion_ratio,
+            duplicate_ratio=duplicate_ratio,
             max_count_ratio=max_count_ratio,
             norm_scale_floor=norm_scale_floor,
             cosine_scale_floor=cosine_scale_floor,
@@ -160,10 +162,12 @@ class AnomalyRejection(Strategy):
         log(INFO, "\t├──> Anomaly rejection:")
         log(
             INFO,
-            "\t│\t├── Thresholds: norm z > %g, direction z < -%g, dispersion < %s, count > %s×",
+            "\t│\t├── Thresholds: norm z > %g, direction z < -%g, dispersion < %s, "
+            "duplicate < %s, count > %s×",
             t.norm_threshold,
             t.direction_threshold,
             t.dispersion_ratio,
+            t.duplicate_ratio,
             t.max_count_ratio,
         )
         log(
@@ -228,6 +232,7 @@ class AnomalyRejection(Strategy):
                     accepted,
                     scores.signals["direction_z"][keep].tolist(),
                     scores.score[keep].tolist(),
+                    norms[keep].tolist(),
                 ),
             )
         arrays, metrics, error = None, None, None
@@ -335,7 +340,8 @@ class AnomalyRejection(Strategy):
                 np.zeros(n), {s: nan.copy() for s in SIGNALS}, [None] * n, np.zeros(n, dtype=bool)
             )
         plan = SamplePlan.draw(spec, self.sample_size, self.seed, server_round)
-        stats = update_statistics(gather_sample([p.arrays for p in parsed], spec, plan), norms)
+        sample = gather_sample([p.arrays for p in parsed], spec, plan)
+        stats = update_statistics(sample, norms, seed=(self.seed, server_round))
         return anomaly_scores(stats, counts, self.thresholds)
 
     def _forward(self, accepted: list[ParsedReply]) -> list[Message]:

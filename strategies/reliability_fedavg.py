@@ -38,7 +38,12 @@ from strategies.validation import (
     screen_train_replies,
     with_records,
 )
-from strategies.weighting import bounded_quantity, combine_weights, weighted_metrics
+from strategies.weighting import (
+    bounded_quantity,
+    combine_weights,
+    norm_clip_factors,
+    weighted_metrics,
+)
 
 _KEEP_ROUNDS = 32  # round reports and configured-node sets kept in memory
 
@@ -47,12 +52,13 @@ _KEEP_ROUNDS = 32  # round reports and configured-node sets kept in memory
 class ScoredReplies:
     """Replies a wrapper screened and scored, handed to the strategy that aggregates them.
 
-    ``entries`` maps ``id(message)`` to ``(parsed reply, direction z-score, anomaly score)``:
-    identity, not content, because the wrapper passes the very same Message objects on.
+    ``entries`` maps ``id(message)`` to ``(parsed reply, direction z-score, anomaly score,
+    update norm)``: identity, not content, because the wrapper passes the very same Message
+    objects on.
     """
 
     spec: ModelSpec
-    entries: dict[int, tuple[ParsedReply, float, float]] = field(default_factory=dict)
+    entries: dict[int, tuple[ParsedReply, float, float, float]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -61,11 +67,12 @@ class ScoredReplies:
         parsed: Sequence[ParsedReply],
         direction_z: Sequence[float],
         anomaly: Sequence[float],
+        norms: Sequence[float],
     ) -> ScoredReplies:
-        """Index the accepted replies with their scores."""
+        """Index the accepted replies with their scores and update norms."""
         entries = {
-            id(p.message): (p, float(z), float(a))
-            for p, z, a in zip(parsed, direction_z, anomaly, strict=True)
+            id(p.message): (p, float(z), float(a), float(u))
+            for p, z, a, u in zip(parsed, direction_z, anomaly, norms, strict=True)
         }
         return cls(spec, entries)
 
@@ -99,6 +106,10 @@ class ReliabilityWeightedFedAvg(FedAvg):
     - **reliability**: the device's history in :class:`~strategies.ReliabilityTracker`
       (completed, failed, late and anomalous rounds, with decay), as of the previous round.
 
+    Then every update ``x_i - g`` larger than ``clip_ratio`` times the round's median update norm
+    is shrunk to that norm (:func:`~strategies.weighting.norm_clip_factors`), so no accepted
+    update, however boosted, moves the model by more than a few typical updates.
+
     Malformed replies (error replies, missing/extra records, wrong keys, shapes or dtypes,
     NaN/Inf, bad sample counts) are rejected and logged with the device and the reason; they never
     raise. Every round's decisions are available from :meth:`round_report`.
@@ -129,6 +140,9 @@ class ReliabilityWeightedFedAvg(FedAvg):
         Seed of the coordinate sample (with the round number).
     max_update_norm : float or None
         Absolute bound on an update's L2 norm; larger updates are malformed. ``None``: no bound.
+    clip_ratio : float or None
+        Accepted updates are shrunk to at most this multiple of the round's median update norm
+        (> 0; default 3). ``None``: no clipping, weights as above only.
     """
 
     # pylint: disable=too-many-arguments,too-many-instance-attributes
@@ -153,6 +167,7 @@ class ReliabilityWeightedFedAvg(FedAvg):
         sample_size: int = 4096,
         seed: int = 0,
         max_update_norm: float | None = None,
+        clip_ratio: float | None = 3.0,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -176,6 +191,9 @@ class ReliabilityWeightedFedAvg(FedAvg):
                 f"{quality_soft_z!r} and {quality_hard_z!r}"
             )
         validate_sampling(sample_size, max_update_norm)
+        if clip_ratio is not None and not clip_ratio > 0:
+            raise ValueError(f"clip_ratio must be > 0 or None, got {clip_ratio!r}")
+        self.clip_ratio = None if clip_ratio is None else float(clip_ratio)
         self.quantity_cap = float(quantity_cap)
         self.min_quality = float(min_quality)
         self.quality_soft_z = float(quality_soft_z)
@@ -197,6 +215,7 @@ class ReliabilityWeightedFedAvg(FedAvg):
         """Log the weighting settings, then FedAvg's."""
         log(INFO, "\t├──> Reliability weighting:")
         log(INFO, "\t│\t├── Quantity cap: %g × round median", self.quantity_cap)
+        log(INFO, "\t│\t├── Update norm bound: %s × round median", self.clip_ratio)
         log(
             INFO,
             "\t│\t├── Quality: 1 above z=-%g, %g at z=-%g",
@@ -255,6 +274,7 @@ class ReliabilityWeightedFedAvg(FedAvg):
             rejections: list[Rejection] = []
             direction_z = np.array([handoff.entries[id(p.message)][1] for p in parsed])
             anomaly = [handoff.entries[id(p.message)][2] for p in parsed]
+            norms = np.array([handoff.entries[id(p.message)][3] for p in parsed])
         else:
             parsed, rejections, spec = screen_train_replies(
                 replies, self._spec(), self.weighted_by_key, self.node_devices
@@ -262,6 +282,7 @@ class ReliabilityWeightedFedAvg(FedAvg):
             for p in parsed:
                 self.node_devices[p.node_id] = p.device
             direction_z = np.zeros(len(parsed))
+            norms = np.zeros(len(parsed))
             if spec is not None:
                 parsed, value_rejections, norms = check_values(parsed, spec, self.max_update_norm)
                 rejections = sorted(
@@ -287,10 +308,13 @@ class ReliabilityWeightedFedAvg(FedAvg):
         reliability = np.array([self.tracker.reliability(p.device, server_round) for p in parsed])
         raw = combine_weights(quantity, quality, reliability)
         shares = raw / raw.sum() if len(raw) and raw.sum() > 0 else np.zeros_like(raw)
+        clip = norm_clip_factors(norms, self.clip_ratio)
+        if spec is None or spec.global_views is None:
+            clip = np.ones(len(parsed))  # no update origin to shrink towards
 
         arrays = metrics = None
         if parsed and spec is not None:
-            arrays = to_arrayrecord(weighted_average([p.arrays for p in parsed], raw, spec))
+            arrays = to_arrayrecord(self._average(parsed, raw, clip, spec))
             metrics = self._aggregate_metrics(parsed, raw)
         if handoff is None:
             self._record_history(server_round, parsed, rejections, replies)
@@ -307,7 +331,7 @@ class ReliabilityWeightedFedAvg(FedAvg):
             parsed,
             rejections,
             late,
-            (counts, quantity, quality, reliability, shares),
+            (counts, quantity, quality, reliability, clip, shares),
             anomaly,
         )
         _trim(self._reports)
@@ -365,13 +389,31 @@ class ReliabilityWeightedFedAvg(FedAvg):
         if len(parsed) < 3:
             return np.zeros(len(parsed))
         plan = SamplePlan.draw(spec, self.sample_size, self.seed, server_round)
-        stats = update_statistics(gather_sample([p.arrays for p in parsed], spec, plan), norms)
+        sample = gather_sample([p.arrays for p in parsed], spec, plan)
+        stats = update_statistics(sample, norms, with_nearest=False)
         # The same robust z-score as AnomalyRejection's direction signal, with its default floors.
         t = AnomalyThresholds()
         center, scale = robust_center_scale(
             stats.cosine, floor=t.cosine_scale_floor, relative_floor=t.cosine_relative_floor
         )
         return (stats.cosine - center) / scale
+
+    @staticmethod
+    def _average(
+        parsed: list[ParsedReply], raw: np.ndarray, clip: np.ndarray, spec: ModelSpec
+    ) -> dict[str, np.ndarray]:
+        """``g + Σ w_i c_i (x_i - g) / Σ w_i``: the weighted average of the clipped updates.
+
+        Shrinking update ``i`` by ``c_i`` towards the global model ``g`` is the same as moving the
+        weight ``w_i (1 - c_i)`` from ``x_i`` to ``g``, so the one streaming weighted average over
+        the replies (and ``g``) does it, with no per-update copy.
+        """
+        updates = [p.arrays for p in parsed]
+        if (clip >= 1.0).all() or spec.global_views is None:
+            return weighted_average(updates, raw, spec)
+        moved = float(np.sum(raw * (1.0 - clip)))
+        weights = np.append(raw * clip, moved)
+        return weighted_average([*updates, spec.global_views], weights, spec)
 
     def _aggregate_metrics(self, parsed: list[ParsedReply], raw: np.ndarray) -> MetricRecord:
         metrics = [p.metrics for p in parsed]
@@ -415,7 +457,7 @@ class ReliabilityWeightedFedAvg(FedAvg):
         factors: tuple[np.ndarray, ...],
         anomaly: list[float | None],
     ) -> dict[str, Any]:
-        counts, quantity, quality, reliability, shares = (f.tolist() for f in factors)
+        counts, quantity, quality, reliability, clip, shares = (f.tolist() for f in factors)
         devices: dict[str, dict[str, Any]] = {}
         for i, p in enumerate(parsed):
             devices[p.device] = device_entry(
@@ -425,6 +467,7 @@ class ReliabilityWeightedFedAvg(FedAvg):
                 quantity=quantity[i],
                 quality=quality[i],
                 reliability=reliability[i],
+                norm_clip=clip[i],
                 anomaly_score=anomaly[i],
             )
         for r in rejections:

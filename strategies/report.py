@@ -11,7 +11,7 @@ writes the dict to ``metrics.jsonl`` and W&B. Every strategy here uses the same 
       "late": ["23"],
       "devices": {
         "17": {"status": "anomalous", "num_examples": 120.0, "weight": 0.0,
-               "quantity": None, "quality": None, "reliability": 0.41,
+               "quantity": None, "quality": None, "reliability": 0.41, "norm_clip": None,
                "anomaly_score": 2.3, "signals": {"norm_z": 9.1, ...}},
         ...
       }
@@ -20,7 +20,8 @@ writes the dict to ``metrics.jsonl`` and W&B. Every strategy here uses the same 
 ``rejected`` is exactly the set of devices whose reply was excluded from aggregation this round
 (error replies included, with their reason), so precision/recall against the true attackers can be
 computed from it. ``weight`` is the device's share of the aggregate (the shares sum to 1);
-``quantity``, ``quality`` and ``reliability`` are the factors of the unnormalised weight. A value
+``quantity``, ``quality`` and ``reliability`` are the factors of the unnormalised weight, and
+``norm_clip`` the factor its update was shrunk by (1: not clipped) before averaging. A value
 that does not apply is ``None``; NaN never appears.
 """
 
@@ -36,6 +37,7 @@ DEVICE_KEYS = (
     "quantity",
     "quality",
     "reliability",
+    "norm_clip",
     "anomaly_score",
     "signals",
 )
@@ -77,6 +79,7 @@ def device_entry(
     quantity: Any = None,
     quality: Any = None,
     reliability: Any = None,
+    norm_clip: Any = None,
     anomaly_score: Any = None,
     signals: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -92,6 +95,7 @@ def device_entry(
         "quantity": number(quantity),
         "quality": number(quality),
         "reliability": number(reliability),
+        "norm_clip": number(norm_clip),
         "anomaly_score": number(anomaly_score),
         "signals": None if signals is None else {k: number(v) for k, v in signals.items()},
     }

@@ -172,15 +172,26 @@ def row_median(columns: np.ndarray) -> np.ndarray:
 
 @dataclass
 class UpdateStatistics:
-    """Per-device statistics of one round (rows follow the input order)."""
+    """Per-device statistics of one round (rows follow the input order).
+
+    ``nearest`` is the distance to the closest other update relative to the larger of the two
+    norms (see :func:`nearest_relative_distance`); ``None`` when it was not computed.
+    """
 
     norms: np.ndarray
     cosine: np.ndarray
     dispersion: np.ndarray
+    nearest: np.ndarray | None = None
 
 
-def update_statistics(sample: np.ndarray, norms: np.ndarray) -> UpdateStatistics:
-    """Cosine to the robust reference and dispersion of each sampled, normalised update.
+def update_statistics(
+    sample: np.ndarray,
+    norms: np.ndarray,
+    seed: int | Sequence[int] = 0,
+    *,
+    with_nearest: bool = True,
+) -> UpdateStatistics:
+    """Cosine, dispersion and nearest-neighbour distance of each sampled update.
 
     Parameters
     ----------
@@ -189,17 +200,23 @@ def update_statistics(sample: np.ndarray, norms: np.ndarray) -> UpdateStatistics
         :func:`gather_sample`). Overwritten.
     norms : np.ndarray
         ``(n,)`` full update norms, passed through.
+    seed : int or sequence of int
+        Seed of the random projections that pick nearest-neighbour candidates.
+    with_nearest : bool
+        Whether to compute the nearest-neighbour distances (``nearest`` is ``None`` otherwise).
 
     Returns
     -------
     UpdateStatistics
-        Cosine in ``[-1, 1]`` (0 for a zero update or reference) and dispersion (RMS of robust
-        per-coordinate z-scores; NaN where no coordinate has spread).
+        Cosine in ``[-1, 1]`` (0 for a zero update or reference); dispersion (RMS of the robust
+        per-coordinate z-scores of the normalised update, each clipped at :data:`Z_CLIP`; NaN
+        where no coordinate has spread); relative nearest-neighbour distance.
     """
     n = sample.shape[1]
     unit = sample  # normalised in place: no second k×n buffer
     row_norms = np.linalg.norm(unit, axis=0)
     unit /= np.where(row_norms > 0, row_norms, 1.0).astype(np.float32)
+    nearest = nearest_relative_distance(unit, row_norms, seed) if with_nearest else None
     reference = row_median(unit.copy())
     ref_norm = float(np.linalg.norm(reference))
     cosine = reference @ unit / ref_norm if ref_norm > 0 else np.zeros(n, dtype=np.float32)
@@ -207,11 +224,14 @@ def update_statistics(sample: np.ndarray, norms: np.ndarray) -> UpdateStatistics
     deviation = np.abs(np.subtract(unit, reference[:, None], out=unit), out=unit)
     mad = 1.4826 * row_median(deviation.copy())
     spread = mad > 0
-    if spread.all():
-        z = np.divide(deviation, mad[:, None], out=deviation)
-    elif spread.any():
-        z = deviation[spread] / mad[spread, None]
     if spread.any():
+        # Coordinates where (almost) every device agrees, such as units no device's data
+        # activates, would turn one device's ordinary value there into an enormous z-score: the
+        # scale is floored at a tenth of the typical coordinate's, and each z is clipped, so the
+        # statistic measures how spread an update is over all coordinates, not its tails.
+        floor = 0.1 * float(np.median(mad[spread]))
+        z = np.divide(deviation, np.maximum(mad, floor)[:, None], out=deviation)
+        np.minimum(z, Z_CLIP, out=z)
         dispersion = np.sqrt(np.mean(np.square(z, out=z), axis=0, dtype=np.float64))
     else:
         dispersion = np.full(n, np.nan)
@@ -219,7 +239,78 @@ def update_statistics(sample: np.ndarray, norms: np.ndarray) -> UpdateStatistics
         norms=np.asarray(norms, dtype=np.float64),
         cosine=np.clip(cosine.astype(np.float64), -1.0, 1.0),
         dispersion=dispersion.astype(np.float64),
+        nearest=nearest,
     )
+
+
+Z_CLIP = 3.0
+"""Per-coordinate z-scores are clipped here before the dispersion's RMS (N(0, 1) gives ~0.98)."""
+
+_PROJECTIONS = 4  # random projections whose sorted orders propose nearest-neighbour candidates
+_WINDOW = 2  # neighbours on each side in each sorted order
+_PAIR_BLOCK = 256  # candidate pairs whose distances are computed at once
+
+
+def nearest_relative_distance(
+    unit: np.ndarray, sample_norms: np.ndarray, seed: int | Sequence[int] = 0
+) -> np.ndarray:
+    """Distance from each update to its nearest other update, relative to the larger norm.
+
+    ``r_i = min_j ||u_i - u_j|| / max(||u_i||, ||u_j||)`` on the sampled coordinates: 0 for an
+    exact copy of another device's update, near 0 for a near-copy, and for honest devices (whose
+    data differ) a sizeable fraction of the typical nearest distance. Scale-free, so small honest
+    updates (devices whose data the model already fits) are not "close" to each other merely
+    because they are small.
+
+    Candidates come from sorting: the normalised updates are projected on
+    :data:`_PROJECTIONS` seeded random directions and each update is compared with its
+    :data:`_WINDOW` neighbours on either side of every sorted order. Copies share every projection,
+    so they are always adjacent; cost O(n·k) for the projections and the comparisons, plus
+    O(n log n) for the sorts, instead of O(n²·k) for all pairs.
+
+    Parameters
+    ----------
+    unit : np.ndarray
+        ``(k, n)`` normalised sampled updates (zero columns for zero updates). Not modified.
+    sample_norms : np.ndarray
+        ``(n,)`` norms of the sampled updates before normalisation.
+    seed : int or sequence of int
+        Seed of the projections.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n,)`` float64; NaN for a zero update and when there is no other update.
+    """
+    k, n = unit.shape
+    nearest = np.full(n, np.inf)
+    if n < 2:
+        return np.full(n, np.nan)
+    directions = np.random.default_rng(seed).standard_normal((_PROJECTIONS, k), dtype=np.float32)
+    projections = directions @ unit  # (P, n)
+    keys = []
+    for row in projections:
+        order = np.argsort(row, kind="stable")
+        for offset in range(1, min(_WINDOW, n - 1) + 1):
+            first, second = order[:-offset], order[offset:]
+            keys.append(np.minimum(first, second) * n + np.maximum(first, second))
+    unique = np.unique(np.concatenate(keys))
+    pair_array = np.stack([unique // n, unique % n], axis=1)
+    rows = np.ascontiguousarray(unit.T)  # one contiguous row per update
+    scaled_norms = np.asarray(sample_norms, dtype=np.float32)
+    for start in range(0, len(pair_array), _PAIR_BLOCK):
+        a, b = pair_array[start : start + _PAIR_BLOCK].T
+        na, nb = scaled_norms[a, None], scaled_norms[b, None]
+        diff = rows[a] * na - rows[b] * nb
+        distance = np.linalg.norm(diff, axis=1).astype(np.float64)
+        larger = np.maximum(na[:, 0], nb[:, 0]).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            relative = np.where(larger > 0, distance / larger, np.inf)  # two zero updates: none
+        np.minimum.at(nearest, a, relative)
+        np.minimum.at(nearest, b, relative)
+    nearest[~np.isfinite(nearest)] = np.nan
+    nearest[np.asarray(sample_norms) == 0] = np.nan
+    return nearest
 
 
 @dataclass(frozen=True)
@@ -234,7 +325,13 @@ class AnomalyThresholds:
         Robust z of the cosine below which an update points the wrong way.
     dispersion_ratio : float or None
         An update whose dispersion is below this fraction of the round's median is "too
-        central" (ALIE, mimicry). ``None`` disables the signal.
+        central" (ALIE, mimicry). ``None`` disables the signal. Real non-IID updates reach
+        about 0.25 (sparse updates of devices with few classes); 0.15 leaves them a margin.
+    duplicate_ratio : float or None
+        An update whose nearest other update is closer than this fraction of the round's median
+        nearest-neighbour distance is a (near-)copy: honest devices train on different data, and
+        colluders that all send one crafted vector (ALIE, IPM, sybils) are caught by it. ``None``
+        disables the signal. Real updates stay above about 0.4.
     max_count_ratio : float or None
         Claimed sample count above this multiple of the round's median is weight inflation.
         ``None`` disables the signal.
@@ -251,7 +348,8 @@ class AnomalyThresholds:
         Fewer well-formed replies than this: no statistical rejection (robust statistics of two
         values mean nothing).
     min_replies_dispersion : int
-        The coordinate-wise MAD behind the dispersion signal needs at least this many replies.
+        The coordinate-wise MAD behind the dispersion signal, and the typical nearest-neighbour
+        distance behind the duplicate signal, need at least this many replies.
     max_reject_fraction : float
         At most this fraction of the well-formed replies is rejected as anomalous (the highest
         scores): robust statistics assume an honest majority, and a model change that moves
@@ -260,7 +358,8 @@ class AnomalyThresholds:
 
     norm_threshold: float = 4.0
     direction_threshold: float = 4.0
-    dispersion_ratio: float | None = 0.4
+    dispersion_ratio: float | None = 0.15
+    duplicate_ratio: float | None = 0.1
     max_count_ratio: float | None = 10.0
     norm_scale_floor: float = 0.1
     cosine_scale_floor: float = 0.02
@@ -274,10 +373,10 @@ class AnomalyThresholds:
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
-        if self.dispersion_ratio is not None and not 0 < self.dispersion_ratio < 1:
-            raise ValueError(
-                f"dispersion_ratio must be in (0, 1) or None, got {self.dispersion_ratio!r}"
-            )
+        for name in ("dispersion_ratio", "duplicate_ratio"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 1:
+                raise ValueError(f"{name} must be in (0, 1) or None, got {value!r}")
         if self.max_count_ratio is not None and not self.max_count_ratio > 1:
             raise ValueError(f"max_count_ratio must be > 1 or None, got {self.max_count_ratio!r}")
         for name in ("norm_scale_floor", "cosine_scale_floor", "cosine_relative_floor"):
@@ -296,7 +395,7 @@ class AnomalyThresholds:
             )
 
 
-SIGNALS = ("norm_z", "direction_z", "dispersion_ratio", "count_ratio")
+SIGNALS = ("norm_z", "direction_z", "dispersion_ratio", "duplicate_ratio", "count_ratio")
 """Names of the per-device signals in :attr:`AnomalyScores.signals` and in round reports."""
 
 
@@ -348,6 +447,8 @@ def anomaly_scores(
     signals["direction_z"] = (stats.cosine - c) / s
     if n >= t.min_replies_dispersion and np.isfinite(stats.dispersion).any():
         signals["dispersion_ratio"] = stats.dispersion / np.nanmedian(stats.dispersion)
+    if n >= t.min_replies_dispersion and stats.nearest is not None:
+        signals["duplicate_ratio"] = _relative_to_median(stats.nearest)
     signals["count_ratio"] = counts / np.median(counts)
 
     parts = {
@@ -357,6 +458,9 @@ def anomaly_scores(
     if t.dispersion_ratio is not None:
         ratio = signals["dispersion_ratio"]
         parts["dispersion_ratio"] = t.dispersion_ratio / np.maximum(ratio, 1e-12)
+    if t.duplicate_ratio is not None:
+        ratio = signals["duplicate_ratio"]
+        parts["duplicate_ratio"] = t.duplicate_ratio / np.maximum(ratio, 1e-12)
     if t.max_count_ratio is not None:
         parts["count_ratio"] = signals["count_ratio"] / t.max_count_ratio
     table = np.stack([np.nan_to_num(p, nan=0.0) for p in parts.values()])
@@ -379,6 +483,17 @@ def anomaly_scores(
     return AnomalyScores(score, signals, reasons, rejected)
 
 
+def _relative_to_median(values: np.ndarray) -> np.ndarray:
+    """``values / median(values)``; when the median is 0 (most updates are copies), 0 stays 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if not np.isfinite(values).any():
+            return np.full(len(values), np.nan)
+        median = float(np.nanmedian(values))
+        if median > 0:
+            return values / median
+        return np.where(values > 0, np.inf, np.where(values == 0, 0.0, np.nan))
+
+
 def _describe(signal: str, value: float, t: AnomalyThresholds) -> str:
     if signal == "norm_z":
         return f"update norm too large (robust z {value:.1f} > {t.norm_threshold:g})"
@@ -391,6 +506,11 @@ def _describe(signal: str, value: float, t: AnomalyThresholds) -> str:
         return (
             f"update implausibly close to the coordinate-wise centre "
             f"(dispersion {value:.2f}× the median < {t.dispersion_ratio:g})"
+        )
+    if signal == "duplicate_ratio":
+        return (
+            f"update a (near-)copy of another device's (nearest distance {value:.2f}× the median "
+            f"< {t.duplicate_ratio:g})"
         )
     return f"claimed sample count {value:.1f}× the round median > {t.max_count_ratio:g}"
 

@@ -42,6 +42,43 @@ def bounded_quantity(counts: np.ndarray, cap: float) -> np.ndarray:
     return np.minimum(counts, cap * float(np.median(counts)))
 
 
+def norm_clip_factors(norms: np.ndarray, ratio: float | None) -> np.ndarray:
+    """Factors that shrink each update to at most ``ratio`` times the round's median norm.
+
+    Norm bounding (Sun et al., "Can you really backdoor federated learning?", 2019): an accepted
+    update moves the model by at most ``ratio`` typical updates, whatever its claimed count,
+    quality or reliability. It is what contains boosted updates that per-round statistics cannot
+    single out: on non-IID data honest norms spread over two orders of magnitude (a patient whose
+    beats the model already fits sends a tiny update), so a ×10 boost of a small update looks
+    ordinary. Honest updates are rarely affected (above 3× the median is a few per cent of them).
+
+    Parameters
+    ----------
+    norms : np.ndarray
+        L2 norms of the accepted updates ``x_i - g``.
+    ratio : float or None
+        Multiple of the median norm (> 0); ``None``: no bound (all factors 1).
+
+    Returns
+    -------
+    np.ndarray
+        ``min(1, ratio · median(norms) / norm_i)`` as float64; 1 for zero updates.
+
+    Examples
+    --------
+    >>> norm_clip_factors(np.array([1.0, 2.0, 3.0, 30.0]), ratio=3.0).tolist()
+    [1.0, 1.0, 1.0, 0.25]
+    """
+    norms = np.asarray(norms, dtype=np.float64)
+    factors = np.ones_like(norms)
+    if ratio is None or norms.size == 0:
+        return factors
+    bound = ratio * float(np.median(norms))
+    large = norms > bound
+    factors[large] = bound / norms[large]
+    return factors
+
+
 def combine_weights(
     quantity: np.ndarray, quality: np.ndarray, reliability: np.ndarray
 ) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg, FedMedian, Strategy
 
-from strategies import AnomalyRejection, ReliabilityTracker, ReliabilityWeightedFedAvg
+from strategies import SIGNALS, AnomalyRejection, ReliabilityTracker, ReliabilityWeightedFedAvg
 from tests.test_strategies_support import (
     FakeGrid,
     arrayrecord,
@@ -130,7 +130,7 @@ def test_merged_report_has_weights_from_the_inner_and_scores_from_the_wrapper() 
     for entry in accepted.values():
         assert entry["quantity"] > 0 and entry["quality"] == 1.0 and entry["reliability"] == 0.5
         assert 0 <= entry["anomaly_score"] < 1
-        assert set(entry["signals"]) == {"norm_z", "direction_z", "dispersion_ratio", "count_ratio"}
+        assert set(entry["signals"]) == set(SIGNALS)
     assert report["devices"]["9"]["anomaly_score"] >= 1 and report["devices"]["9"]["weight"] == 0.0
     assert report["devices"]["110"]["status"] == "failed"
 

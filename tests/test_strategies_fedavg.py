@@ -53,6 +53,29 @@ def test_weights_are_bounded_quantity_times_quality_times_reliability() -> None:
     assert devices["12"]["num_examples"] == 90.0
 
 
+def test_updates_above_clip_ratio_times_the_median_norm_are_shrunk_towards_the_model() -> None:
+    # Prepare: global g = (1, 1); updates V, 2V and 30V with equal weights. Median norm is
+    # |2V|; ratio 3 -> bound |6V|, so 30V is shrunk by 6/30 = 0.2 to 6V.
+    g = {"w": np.ones(2, np.float32)}
+    strategy = ReliabilityWeightedFedAvg(min_available_nodes=3, clip_ratio=3.0)
+    configure(strategy, 1, g, [10, 11, 12])
+    replies = [reply(10 + i, {"w": g["w"] + k * V}, 20) for i, k in enumerate((1, 2, 30))]
+    # Execute
+    arrays, _ = strategy.aggregate_train(1, replies)
+    devices = strategy.round_report(1)["devices"]
+    # Assert: g + (V + 2V + 6V)/3 = g + 3V; shares stay 1/3 each, the clip factor is reported
+    assert arrays is not None
+    np.testing.assert_allclose(numpy_arrays(arrays)["w"], g["w"] + 3 * V, rtol=1e-6)
+    assert [devices[d]["norm_clip"] for d in ("10", "11", "12")] == pytest.approx([1, 1, 0.2])
+    assert [devices[d]["weight"] for d in ("10", "11", "12")] == pytest.approx([1 / 3] * 3)
+    # Without a bound, the same round is plain weighted averaging: g + 11V
+    plain = ReliabilityWeightedFedAvg(min_available_nodes=3, clip_ratio=None)
+    configure(plain, 1, g, [10, 11, 12])
+    arrays, _ = plain.aggregate_train(1, replies)
+    assert arrays is not None
+    np.testing.assert_allclose(numpy_arrays(arrays)["w"], g["w"] + 11 * V, rtol=1e-6)
+
+
 def test_failures_and_lateness_lower_the_next_rounds_weight() -> None:
     # Prepare: round 1 configures four nodes; 10 and 11 complete, 12 fails, 13 never answers
     strategy = ReliabilityWeightedFedAvg(min_available_nodes=4)
@@ -292,6 +315,7 @@ def test_a_shared_tracker_is_used_as_given() -> None:
         ),
         pytest.param({"sample_size": 8}, "sample_size must be an int >= 16", id="sample"),
         pytest.param({"max_update_norm": 0.0}, "max_update_norm must be > 0", id="norm"),
+        pytest.param({"clip_ratio": 0.0}, "clip_ratio must be > 0", id="clip"),
     ],
 )
 def test_bad_parameters_raise(kwargs: dict[str, float], message: str) -> None:

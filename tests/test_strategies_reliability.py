@@ -10,7 +10,7 @@ from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from strategies import ReliabilityTracker, agreement_quality, bounded_quantity, combine_weights
-from strategies.weighting import weighted_metrics
+from strategies.weighting import norm_clip_factors, weighted_metrics
 
 # -- quantity, quality, weights ---------------------------------------------------------------
 
@@ -40,6 +40,14 @@ def test_agreement_quality_ramp_hand_computed() -> None:
     z = np.array([1.0, -2.0, -3.0, -4.0, -10.0, np.nan])
     quality = agreement_quality(z, soft_z=2.0, hard_z=4.0, min_quality=0.1)
     np.testing.assert_allclose(quality, [1.0, 1.0, 0.55, 0.1, 0.1, 1.0])
+
+
+def test_norm_clip_factors_shrink_only_updates_above_the_bound() -> None:
+    # median of [1, 2, 3, 30] is 2.5; ratio 3 -> bound 7.5, so 30 is shrunk by 7.5/30 = 0.25
+    norms = np.array([1.0, 2.0, 3.0, 30.0, 0.0])
+    assert norm_clip_factors(norms[:4], ratio=3.0).tolist() == [1.0, 1.0, 1.0, 0.25]
+    assert norm_clip_factors(norms, ratio=None).tolist() == [1.0] * 5
+    assert norm_clip_factors(norms, ratio=0.5).tolist() == [1.0, 0.5, 1 / 3, 1 / 30, 1.0]
 
 
 def test_combine_weights_is_the_product_of_the_factors() -> None:

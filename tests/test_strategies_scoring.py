@@ -13,6 +13,7 @@ from strategies.scoring import (
     UpdateStatistics,
     gather_sample,
     history_anomaly,
+    nearest_relative_distance,
     row_median,
 )
 
@@ -101,6 +102,103 @@ def test_update_statistics_hand_computed_cosines() -> None:
     np.testing.assert_allclose(stats.cosine, [1.0, 1.0, 1.0, 0.0, -1.0], atol=1e-6)
 
 
+def test_dispersion_is_not_fooled_by_coordinates_nearly_every_device_leaves_alone() -> None:
+    # Prepare: the failure seen on MIT-BIH. 300 dense coordinates (a shared direction plus
+    # noise); 100 "unit" coordinates that only two devices among 0-15 really use, ten others
+    # touch at 1e-6 and the rest leave at exactly 0 (dead ReLUs for their data). The coordinate
+    # MAD there is ~1e-6, so a plain z-score gives the users z ~ 1e6 and makes devices 16-23,
+    # which use none of them, look "implausibly central" (0.00× the median dispersion).
+    rng = np.random.default_rng(0)
+    n, dense, units = 24, 300, 100
+    sample = np.zeros((dense + units, n), np.float32)
+    sample[:dense] = rng.standard_normal((dense, 1)) + rng.standard_normal((dense, n))
+    for j in range(dense, dense + units):
+        sample[j, rng.permutation(n)[:10]] = 1e-6 * rng.standard_normal(10)
+        sample[j, rng.choice(16, size=2, replace=False)] = rng.standard_normal(2)
+    norms = np.linalg.norm(sample, axis=0)
+    # Execute
+    stats = update_statistics(sample, norms)
+    scores = anomaly_scores(stats, np.full(n, 100.0), AnomalyThresholds())
+    # Assert: every device's dispersion is ordinary, and nobody is rejected
+    ratio = stats.dispersion / np.median(stats.dispersion)
+    assert ratio.min() > 0.7, ratio.round(2)
+    assert not scores.rejected.any(), scores.reasons
+
+
+def test_nearest_relative_distance_finds_copies_and_near_copies() -> None:
+    # Prepare: 40 random updates of different norms; 7 and 23 copy 3; 31 is 11 plus 1 % noise
+    rng = np.random.default_rng(1)
+    sample = rng.standard_normal((512, 40)).astype(np.float32) * rng.uniform(0.1, 10, 40)
+    sample[:, 7] = sample[:, 23] = sample[:, 3]
+    sample[:, 31] = sample[:, 11] + 0.01 * np.linalg.norm(sample[:, 11]) * rng.standard_normal(
+        512
+    ).astype(np.float32) / np.sqrt(512)
+    norms = np.linalg.norm(sample, axis=0)
+    unit = sample / norms
+    # Execute
+    nearest = nearest_relative_distance(unit, norms, seed=5)
+    # Assert: copies at 0, the near copy at ~1 %, independent updates far apart (>= 0.5)
+    assert nearest[[3, 7, 23]].tolist() == [0.0, 0.0, 0.0]
+    assert nearest[11] == pytest.approx(0.01, rel=0.2) and nearest[31] == nearest[11]
+    others = np.delete(nearest, [3, 7, 11, 23, 31])
+    assert others.min() > 0.5
+
+
+def test_nearest_relative_distance_is_scale_free_and_order_free() -> None:
+    # Prepare: small honest updates are not "close" to each other just because they are small
+    rng = np.random.default_rng(2)
+    sample = rng.standard_normal((256, 30)).astype(np.float32)
+    sample[:, :10] *= 1e-3
+    norms = np.linalg.norm(sample, axis=0)
+    permutation = rng.permutation(30)
+    # Execute
+    nearest = nearest_relative_distance(sample / norms, norms)
+    shuffled = nearest_relative_distance(
+        sample[:, permutation] / norms[permutation], norms[permutation]
+    )
+    # Assert
+    assert nearest[:10].min() > 0.9
+    np.testing.assert_array_equal(shuffled, nearest[permutation])
+
+
+def test_zero_updates_have_no_nearest_distance() -> None:
+    sample = np.zeros((16, 3), np.float32)
+    sample[0, 1] = 1.0
+    nearest = nearest_relative_distance(sample, np.linalg.norm(sample, axis=0))
+    assert np.isnan(nearest[0]) and np.isnan(nearest[2]) and nearest[1] == 1.0
+
+
+def test_colluders_sending_one_vector_are_rejected_as_copies() -> None:
+    # Prepare: 20 honest updates around a common direction and 4 identical crafted ones that sit
+    # inside the honest spread (ALIE/IPM-like: ordinary norm, direction and dispersion)
+    rng = np.random.default_rng(3)
+    common = rng.standard_normal((1024, 1))
+    sample = (common + 2.0 * rng.standard_normal((1024, 24))).astype(np.float32)
+    sample[:, 20:] = (common[:, 0] + 0.5 * rng.standard_normal(1024)).astype(np.float32)[:, None]
+    norms = np.linalg.norm(sample, axis=0)
+    # Execute
+    stats = update_statistics(sample, norms, seed=(0, 1))
+    scores = anomaly_scores(stats, np.full(24, 100.0), AnomalyThresholds())
+    # Assert
+    assert scores.rejected.tolist() == [False] * 20 + [True] * 4
+    assert all("copy" in str(r) for r in scores.reasons[20:])
+    assert scores.signals["duplicate_ratio"][:20].min() > 0.5
+
+
+def test_duplicate_signal_needs_min_replies_dispersion_and_survives_a_copy_majority() -> None:
+    # Fewer replies than min_replies_dispersion: not estimated (the test of equality with FedAvg
+    # relies on this for tiny honest fleets that share one direction)
+    small = UpdateStatistics(np.ones(5), np.ones(5), np.ones(5), np.array([0.0, 0.0, 1, 1, 1]))
+    assert np.isnan(
+        anomaly_scores(small, np.ones(5), AnomalyThresholds()).signals["duplicate_ratio"]
+    ).all()
+    # Most updates are copies (median distance 0): copies score, the cap keeps half the round
+    nearest = np.array([0.0] * 7 + [0.9, 1.0, 1.1, 0.8])
+    stats = UpdateStatistics(np.ones(11), np.full(11, 0.5), np.ones(11), nearest)
+    scores = anomaly_scores(stats, np.ones(11), AnomalyThresholds())
+    assert scores.rejected.sum() == 5 and not scores.rejected[7:].any()
+
+
 def _stats(norms: list[float], cosine: list[float], dispersion: list[float]) -> UpdateStatistics:
     return UpdateStatistics(np.array(norms), np.array(cosine), np.array(dispersion))
 
@@ -170,6 +268,7 @@ def test_history_anomaly_ramp() -> None:
         pytest.param({"norm_threshold": 0}, "norm_threshold must be > 0", id="norm-threshold"),
         pytest.param({"direction_threshold": -1}, "direction_threshold", id="direction"),
         pytest.param({"dispersion_ratio": 1.0}, r"dispersion_ratio must be in \(0, 1\)", id="disp"),
+        pytest.param({"duplicate_ratio": 0.0}, r"duplicate_ratio must be in \(0, 1\)", id="dup"),
         pytest.param({"max_count_ratio": 1.0}, "max_count_ratio must be > 1", id="count"),
         pytest.param({"min_replies": 2}, "min_replies must be >= 3", id="min-replies"),
         pytest.param({"max_reject_fraction": 1.0}, "max_reject_fraction", id="fraction"),
