@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The privacy/utility benchmark: target epsilon in {1, 3, 8, no DP} x 3 seeds on two scenarios,
+# then the report into docs/. Start it in the background:
+#   nohup bash benchmarks/run_privacy_grid.sh > privacy.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 WANDB_MODE=offline
+export FL_IOT_DATA_ROOT="${FL_IOT_DATA_ROOT:-$(cd .. && pwd)/shared/data}"
+SCENARIOS="${SCENARIOS:-healthcare_wearables smart_home}"
+FL_IOT=.venv/bin/fl-iot
+
+for scenario in $SCENARIOS; do
+    "$FL_IOT" -m +experiment=privacy_reference "scenario=$scenario"
+    "$FL_IOT" -m +experiment=privacy "scenario=$scenario"
+done
+
+.venv/bin/fl-iot-report multirun/privacy --rows scenario --columns epsilon \
+    --metric accuracy macro_f1 epsilon_spent \
+    --output docs/privacy.md --plot docs/privacy.png --plot-panel scenario
