@@ -103,9 +103,10 @@ def main() -> None:
             central_runs.append(centralized(cfg, args.epochs, args.batch_size))
         rows.append((scenario, cfg, federated_runs, central_runs, statistics.median(seconds)))
 
+    overrides = " ".join(args.override) or "none"
     lines = [
-        f"Federated (as configured) vs centralized ({args.epochs} epochs, batch "
-        f"{args.batch_size}), central held-out split, seeds {args.seeds}; mean over seeds.",
+        f"Federated (as configured; overrides: {overrides}) vs centralized ({args.epochs} epochs, "
+        f"batch {args.batch_size}), central held-out split, seeds {args.seeds}; mean over seeds.",
         "",
         "| scenario | devices × rounds (fraction) | federated acc | centralized acc | Δ acc "
         "| federated macro-F1 | centralized macro-F1 | Δ macro-F1 | within 5 points | fed run s |",
@@ -130,7 +131,10 @@ def main() -> None:
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(
-            table + "\n\nReproduce: `python benchmarks/bench_federated_vs_central.py`\n"
+            table
+            + "\n\nReproduce: `python benchmarks/bench_federated_vs_central.py"
+            + "".join(f" --override {o}" for o in args.override)
+            + f" --scenarios {' '.join(args.scenarios)}`\n"
         )
 
 
