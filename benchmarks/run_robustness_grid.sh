@@ -9,12 +9,14 @@ cd "$(dirname "$0")/.."
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 WANDB_MODE=offline
 export FL_IOT_DATA_ROOT="${FL_IOT_DATA_ROOT:-$(cd .. && pwd)/shared/data}"
 SCENARIOS="${SCENARIOS:-healthcare_wearables vehicle_fleet}"
+# STRATEGIES=fedavg,trusted runs a part of the grid (the default is the experiment's list).
+STRATEGY_OVERRIDE=${STRATEGIES:+strategy=$STRATEGIES}
 FL_IOT=.venv/bin/fl-iot
 
 sweep() {
     local scenario=$1
-    "$FL_IOT" -m +experiment=robustness_clean "scenario=$scenario"
-    "$FL_IOT" -m +experiment=robustness "scenario=$scenario"
+    "$FL_IOT" -m +experiment=robustness_clean "scenario=$scenario" $STRATEGY_OVERRIDE
+    "$FL_IOT" -m +experiment=robustness "scenario=$scenario" $STRATEGY_OVERRIDE
 }
 
 pids=()
@@ -23,6 +25,7 @@ for scenario in $SCENARIOS; do
     pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
+[ -n "${SKIP_REPORT:-}" ] && exit 0
 
 .venv/bin/fl-iot-report multirun/robustness --rows scenario attack strategy --columns fraction \
     --metric accuracy macro_f1 recall precision \
