@@ -147,3 +147,22 @@ def test_partitions_one_device_per_engine_end_to_end(shared_data_root: Path) -> 
     assert federated.num_devices == FD001_UNITS
     assert federated.natural_keys[0] == "unit-001"
     assert sum(len(p) for p in federated.partitions) == len(federated.source.train)
+
+
+def test_device_local_split_shares_no_cycle_between_train_and_test(shared_data_root):
+    from fl_iot.data import load_federated_data
+    from fl_iot.data.partition import split_device_data
+
+    data = load_federated_data(
+        {"name": "cmapss", "root": str(shared_data_root), "options": {"stride": 5}}, 10, 0
+    )
+    spans, segments = data.source.spans, data.source.segments
+    assert spans is not None and segments is not None
+    for device in range(data.num_devices):
+        index = data.partitions[device]
+        train, test = split_device_data(
+            len(index), 0.2, device, segments=segments[index], spans=spans[index]
+        )
+        assert len(test) > 0
+        test_cycles = {c for s, e in spans[index][test] for c in range(s, e + 1)}
+        assert all(not test_cycles.intersection(range(s, e + 1)) for s, e in spans[index][train])

@@ -82,3 +82,32 @@ def test_natural_partition_equals_flwr_datasets_natural_id_partitioner():
     ours = partition_indices(LABELS, GROUPS, "natural", None, seed=0)
 
     assert {str(GROUPS[p[0]]): p.tolist() for p in ours} == expected
+
+
+def test_segment_split_keeps_segments_whole_and_holds_out_about_the_fraction():
+    segments = np.repeat(np.arange(10), 5)  # 10 blocks of 5 samples
+
+    train, test = split_device_data(50, 0.2, seed=3, segments=segments)
+
+    assert set(segments[train]).isdisjoint(segments[test])
+    assert len(test) == 10 and len(train) == 40
+
+
+def test_segment_split_purges_training_windows_that_overlap_a_test_window():
+    # 12 windows of length 3 with stride 1 over one trajectory, blocks of 4 windows.
+    ends = np.arange(2, 14)
+    spans = np.stack([ends - 2, ends], axis=1)
+    segments = ends // 4
+
+    train, test = split_device_data(12, 0.25, seed=0, segments=segments, spans=spans)
+
+    test_cycles = {c for s, e in spans[test] for c in range(s, e + 1)}
+    train_cycles = {c for s, e in spans[train] for c in range(s, e + 1)}
+    assert test_cycles.isdisjoint(train_cycles)
+    assert len(train) + len(test) < 12  # the windows next to the held-out block were purged
+
+
+def test_a_single_segment_stays_for_training():
+    train, test = split_device_data(5, 0.5, seed=0, segments=np.zeros(5, dtype=int))
+
+    assert len(train) == 5 and len(test) == 0

@@ -60,6 +60,13 @@ class SourceDataset:
         True when the data is generated rather than recorded.
     description : str
         One line saying what the samples are, shown in run summaries.
+    segments : np.ndarray or None
+        Optional block id of each training sample (a recording, an hour, a stretch of cycles):
+        a device's local train/test split keeps each block whole, so that overlapping windows
+        or neighbouring minutes do not land on both sides.
+    spans : np.ndarray or None
+        Optional ``(n, 2)`` first and last time index of each training sample's window; local
+        training samples whose span overlaps a local test sample's are dropped (purged).
     """
 
     name: str
@@ -70,12 +77,16 @@ class SourceDataset:
     synthetic: bool = False
     description: str = ""
     metadata: dict[str, object] = field(default_factory=dict)
+    segments: np.ndarray | None = None
+    spans: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if len(self.groups) != len(self.train):
-            raise ValueError(
-                f"groups has {len(self.groups)} entries but train has {len(self.train)} samples"
-            )
+        for name in ("groups", "segments", "spans"):
+            values = getattr(self, name)
+            if values is not None and len(values) != len(self.train):
+                raise ValueError(
+                    f"{name} has {len(values)} entries but train has {len(self.train)} samples"
+                )
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -225,6 +225,10 @@ def load_cmapss(
         name="cmapss",
         train=LabeledData(x_train, (rul_train <= horizon).astype(np.int64)),
         groups=groups,
+        # Device-local splits hold out stretches of 2 windows' worth of cycles and purge training
+        # windows that share a cycle with a held-out one (rows are in cycle order per unit).
+        segments=ends // (2 * window),
+        spans=np.stack([ends - (window - 1), ends], axis=1),
         test=LabeledData(x_test, (rul_test <= horizon).astype(np.int64)),
         class_names=CLASS_NAMES,
         description=(

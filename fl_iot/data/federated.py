@@ -37,8 +37,13 @@ class FederatedData:
     def device_split(self, device_id: int) -> tuple[LabeledData, LabeledData]:
         """Return the device's local ``(train, test)`` data."""
         index = self.partitions[device_id]
+        segments, spans = self.source.segments, self.source.spans
         local_train, local_test = split_device_data(
-            len(index), self.device_test_fraction, seed=self.seed * 100_003 + device_id
+            len(index),
+            self.device_test_fraction,
+            seed=self.seed * 100_003 + device_id,
+            segments=None if segments is None else segments[index],
+            spans=None if spans is None else spans[index],
         )
         return self.source.train.subset(index[local_train]), self.source.train.subset(
             index[local_test]

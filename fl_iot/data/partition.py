@@ -133,14 +133,44 @@ def natural_keys(groups: np.ndarray, partitions: list[np.ndarray]) -> list[str]:
 
 
 def split_device_data(
-    num_samples: int, test_fraction: float, seed: int
+    num_samples: int,
+    test_fraction: float,
+    seed: int,
+    segments: np.ndarray | None = None,
+    spans: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split one device's samples into local train and local test positions.
 
-    At least one sample stays for training; a device with a single sample has no local test set.
+    Without ``segments`` the split is a seeded random draw. With them, whole segments (see
+    :class:`fl_iot.data.base.SourceDataset`) go to the test side, in a seeded order, until it
+    holds ``test_fraction`` of the samples, and training samples whose ``spans`` overlap a test
+    sample's are dropped. At least one sample (one segment) stays for training; a device with a
+    single sample or segment has no local test set.
     """
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"device_test_fraction must be in [0, 1), got {test_fraction}")
-    order = np.random.default_rng(seed).permutation(num_samples)
-    n_test = min(round(num_samples * test_fraction), num_samples - 1)
-    return np.sort(order[n_test:]), np.sort(order[:n_test])
+    rng = np.random.default_rng(seed)
+    target = round(num_samples * test_fraction)
+    if segments is None:
+        order = rng.permutation(num_samples)
+        n_test = min(target, num_samples - 1)
+        return np.sort(order[n_test:]), np.sort(order[:n_test])
+    keys, inverse = np.unique(np.asarray(segments), return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(keys))
+    chosen: list[int] = []
+    held = 0
+    for key in rng.permutation(len(keys))[: len(keys) - 1]:
+        if held >= target:
+            break
+        chosen.append(int(key))
+        held += int(counts[key])
+    is_test = np.isin(inverse, chosen)
+    keep = ~is_test
+    if spans is not None and is_test.any():
+        spans = np.asarray(spans)
+        test_spans = spans[is_test]
+        overlaps = (spans[:, None, 0] <= test_spans[None, :, 1]) & (
+            test_spans[None, :, 0] <= spans[:, None, 1]
+        )
+        keep &= ~overlaps.any(axis=1)
+    return np.flatnonzero(keep), np.flatnonzero(is_test)

@@ -7,8 +7,8 @@ of seglearn (BSD licence), so this dataset needs no download and no data root.
 Each of the 140 recordings is one set of one exercise (7 classes) by one of 10 subjects, 6 channels
 (accelerometer and gyroscope) at 50 Hz. Recordings are cut into windows of ``window`` samples with
 ``overlap`` (fraction). One device per subject. The central test split holds out whole recordings
-(one per subject and class, chosen with the seed), so no window of a test recording overlaps a
-training window.
+(``test_recordings_per_subject`` of each subject, chosen with the seed), so no window of a test
+recording overlaps a training window; a device's local split holds out whole recordings too.
 """
 
 from __future__ import annotations
@@ -57,16 +57,17 @@ def load_watch(
             int(i) for i in rng.choice(recordings, test_recordings_per_subject, replace=False)
         )
     step = max(1, round(window * (1.0 - overlap)))
-    parts: dict[bool, tuple[list[np.ndarray], list[int], list[int]]] = {
-        False: ([], [], []),
-        True: ([], [], []),
+    parts: dict[bool, tuple[list[np.ndarray], list[int], list[int], list[int]]] = {
+        False: ([], [], [], []),
+        True: ([], [], [], []),
     }
     for index, recording in enumerate(series):
-        xs, ys, gs = parts[index in test_recordings]
+        xs, ys, gs, rs = parts[index in test_recordings]
         for start in range(0, len(recording) - window + 1, step):
             xs.append(recording[start : start + window].T)
             ys.append(int(labels[index]))
             gs.append(int(subjects[index]))
+            rs.append(index)
     x_train = np.stack(parts[False][0]).astype(np.float32)
     mean = x_train.mean(axis=(0, 2), keepdims=True)
     std = x_train.std(axis=(0, 2), keepdims=True) + 1e-6
@@ -81,6 +82,8 @@ def load_watch(
         name="watch",
         train=_labeled(parts[False][0], parts[False][1]),
         groups=np.asarray([f"subject-{g:02d}" for g in parts[False][2]]),
+        # Device-local splits hold out whole recordings: their windows overlap.
+        segments=np.asarray(parts[False][3]),
         test=_labeled(parts[True][0], parts[True][1]),
         class_names=tuple(str(n) for n in raw["y_labels"]),
         description=(
