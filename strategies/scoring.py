@@ -14,9 +14,18 @@ attackers can pull:
     IPM (``-ε·mean``), Gaussian noise and many label flips.
 ``dispersion``
     RMS of the per-coordinate robust z-scores of the normalised update (coordinate median and MAD
-    over the devices). A genuine local update is noisy on every coordinate; ALIE
-    (``mean - z·std``) and other crafted updates sit unnaturally close to the centre on *all*
-    coordinates, so their dispersion is a small fraction of the typical device's.
+    over the devices; the MAD floored at a tenth of the typical coordinate's and each z clipped
+    at 3, so coordinates that almost every device leaves at zero, such as ReLUs dead for their
+    data, cannot dominate). A genuine local update is noisy on every coordinate; an update crafted
+    to sit on the centre of *all* coordinates has a small fraction of the typical dispersion. On
+    real non-IID fleets honest sparse updates reach ~0.25× the median, and ALIE built from the
+    colluders' own (widely spread) updates is not central at all, hence the low default.
+``duplicate``
+    Distance to the nearest other update relative to the larger norm, over the round's median
+    (:func:`nearest_relative_distance`, O(n·k) on the sampled coordinates via sorted random
+    projections). Devices train on different data, so honest updates are never copies (≥ 0.4× the
+    median on MIT-BIH and the vehicle fleet); colluders that send one crafted vector (ALIE, IPM,
+    sybils) are at 0.
 ``count``
     The claimed sample count over the round's median: weight inflation.
 
