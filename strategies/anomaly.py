@@ -62,9 +62,10 @@ class AnomalyRejection(Strategy):
        sample counts, duplicated device ids), then checks values in one streaming pass over the
        parameters (NaN/Inf, overflowing or absurd norms);
     2. scores every well-formed update against robust statistics of the round: norm, direction
-       to the coordinate-wise median reference, dispersion (ALIE), claimed count (see
-       :mod:`strategies.scoring`); cost O(n·d) for the norm pass plus O(n·k) on a seeded sample
-       of ``k`` coordinates, with no pairwise O(n²·d) step;
+       to the coordinate-wise median reference, dispersion, distance to the nearest other update
+       (colluders sending one vector), claimed count (see :mod:`strategies.scoring`); cost
+       O(n·d) for the norm pass plus O(n·k) on a seeded sample of ``k`` coordinates, with no
+       pairwise O(n²·d) step;
     3. rejects scores >= 1 (at most ``max_reject_fraction`` of the round), records every device's
        outcome and anomaly share in the reliability tracker, and calls the wrapped strategy with
        the accepted replies only (sorted by device, metrics restricted to common keys so that
