@@ -151,3 +151,30 @@ def test_detection_precision_and_recall_by_hand():
         "recall": 0.5,
     }
     assert detection_scores({}, replies, federation, roster) == {}
+
+
+def test_forced_collections_are_skipped_during_aggregation_and_restored_after():
+    import gc
+
+    from fl_iot.round_loop import forced_gc_suppressed
+
+    original = gc.collect
+    with forced_gc_suppressed():
+        assert gc.collect() == 0 and gc.collect is not original
+    assert gc.collect is original
+    with pytest.raises(RuntimeError), forced_gc_suppressed():
+        raise RuntimeError("a strategy failed")
+    assert gc.collect is original
+
+
+def test_bulyan_aggregates_through_the_loop(tmp_path):
+    cfg = tiny_config(
+        "strategy=bulyan",
+        "scenario.num_devices=12",
+        "scenario.fraction_train=1.0",
+        "scenario.num_rounds=2",
+    )
+    result, _ = run(cfg, tmp_path)
+
+    assert result.summary["errors"] == []
+    assert result.summary["clients"]["replied"] == 24
