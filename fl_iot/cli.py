@@ -10,17 +10,20 @@ value and the valid choices, and exits with status 2 without a traceback.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fl_iot.config import register_configs, validate_config
+from fl_iot.config import register_configs, to_container, validate_config
 from fl_iot.errors import EXIT_CODE_USER_ERROR, FlIotError
 from fl_iot.run_config import CONF_DIR
+from fl_iot.tracking.base import jsonable
 
 
 def run_study(cfg: DictConfig, output_dir: Path) -> dict[str, object]:
@@ -52,8 +55,12 @@ def hydra_main(cfg: DictConfig) -> float | None:
         }
         if hydra_cfg.mode == RunMode.MULTIRUN and cfg.tracking.wandb.group is None:
             cfg.tracking.wandb.group = Path(hydra_cfg.sweep.dir).name
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    if cfg.engine.skip_completed and (previous := completed_summary(cfg, output_dir)):
+        print(f"fl-iot: {output_dir} already holds this completed run; skipped", file=sys.stderr)
+        return _final_macro_f1(previous)
     try:
-        summary = run_study(cfg, Path(hydra_cfg.runtime.output_dir))
+        summary = run_study(cfg, output_dir)
     except FlIotError as error:
         print(f"fl-iot: error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_CODE_USER_ERROR) from None
@@ -67,9 +74,27 @@ def hydra_main(cfg: DictConfig) -> float | None:
             file=sys.stderr,
         )
         return None
-    final = summary.get("final", {})
-    central = final.get("central", {}) if isinstance(final, dict) else {}
-    value = central.get("macro_f1")
+    return _final_macro_f1(summary)
+
+
+def completed_summary(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
+    """The summary of a completed earlier run of exactly ``cfg`` in ``output_dir``, if any."""
+    path = output_dir / "summary.json"
+    if not path.is_file():
+        return None
+    summary: dict[str, Any] = json.loads(path.read_text())
+    same = _comparable(summary.get("config", {})) == _comparable(jsonable(to_container(cfg)))
+    return summary if summary.get("status") == "completed" and same else None
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    # Whether to skip is not part of what a run computes.
+    engine = {k: v for k, v in config.get("engine", {}).items() if k != "skip_completed"}
+    return {**config, "engine": engine}
+
+
+def _final_macro_f1(summary: dict[str, Any]) -> float | None:
+    value = summary.get("final", {}).get("central", {}).get("macro_f1")
     return float(value) if value is not None else None
 
 

@@ -123,6 +123,9 @@ class EngineConfig:
     num_cpus_per_client: float = 1.0
     num_cpus: int | None = None
     round_timeout_s: float = 3600.0
+    # Skip a run whose output directory already holds a completed summary.json of the same
+    # config (a restarted sweep then only runs what is missing).
+    skip_completed: bool = False
 
 
 @dataclass

@@ -114,3 +114,21 @@ def test_bad_input_gives_one_clear_message_and_no_traceback(tmp_path):
         assert "Traceback" not in result.stderr + result.stdout, args
         for text in expected:
             assert text in result.stderr, (args, text, result.stderr)
+
+
+def test_a_completed_run_of_the_same_config_is_recognised_for_skipping(tmp_path):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from fl_iot.cli import completed_summary
+    from fl_iot.config import to_container
+    from fl_iot.run_config import compose_config
+
+    GlobalHydra.instance().clear()
+    cfg = compose_config(("engine.skip_completed=true",))
+    summary = {"status": "completed", "config": to_container(compose_config(()))}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+
+    assert completed_summary(cfg, tmp_path) == summary
+    assert completed_summary(compose_config(("seed=1",)), tmp_path) is None
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
+    assert completed_summary(cfg, tmp_path) is None
