@@ -17,3 +17,4 @@ done
 .venv/bin/fl-iot-report multirun/privacy --rows scenario --columns epsilon \
     --metric accuracy macro_f1 epsilon_spent \
     --output docs/privacy.md --plot docs/privacy.png --plot-panel scenario
+cat benchmarks/opacus_reference.md >> docs/privacy.md

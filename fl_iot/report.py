@@ -184,7 +184,8 @@ def plot(
         axis.grid(alpha=0.3)
     for index in range(len(panels), width * height):
         axes[index // width][index % width].axis("off")
-    axes[0][0].legend(fontsize=7)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=7)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
