@@ -78,8 +78,9 @@ class AnomalyRejection(Strategy):
     ----------
     strategy : Strategy
         The strategy that aggregates the accepted updates.
-    norm_threshold, direction_threshold, dispersion_ratio, duplicate_ratio, max_count_ratio,
-    max_reject_fraction, min_replies, norm_scale_floor, cosine_scale_floor, cosine_relative_floor
+    norm_threshold, max_norm_ratio, direction_threshold, dispersion_ratio, duplicate_ratio,
+    max_count_ratio, max_reject_fraction, min_replies, norm_scale_floor, cosine_scale_floor,
+    cosine_relative_floor
         Decision parameters, see :class:`~strategies.scoring.AnomalyThresholds`.
     sample_size : int
         Coordinates sampled per round for direction and dispersion (>= 16; default 4096: the
@@ -105,6 +106,7 @@ class AnomalyRejection(Strategy):
         strategy: Strategy,
         *,
         norm_threshold: float = 4.0,
+        max_norm_ratio: float | None = 10.0,
         direction_threshold: float = 4.0,
         dispersion_ratio: float | None = 0.15,
         duplicate_ratio: float | None = 0.1,
@@ -116,7 +118,7 @@ class AnomalyRejection(Strategy):
         max_update_norm: float | None = None,
         weighted_by_key: str | None = None,
         tracker: ReliabilityTracker | None = None,
-        norm_scale_floor: float = 0.1,
+        norm_scale_floor: float = 0.4,
         cosine_scale_floor: float = 0.02,
         cosine_relative_floor: float = 0.15,
     ) -> None:
@@ -126,6 +128,7 @@ class AnomalyRejection(Strategy):
         self.strategy = strategy
         self.thresholds = AnomalyThresholds(
             norm_threshold=norm_threshold,
+            max_norm_ratio=max_norm_ratio,
             direction_threshold=direction_threshold,
             dispersion_ratio=dispersion_ratio,
             duplicate_ratio=duplicate_ratio,

@@ -225,15 +225,30 @@ def test_obvious_outliers_are_rejected_with_the_signal_that_caught_them() -> Non
 
 
 def test_norm_rule_hand_computed_at_the_floor() -> None:
-    # Prepare: identical honest norms -> scale at its floor 0.1 (log units), threshold 4:
-    # the boundary is exp(0.4) = 1.49 times the typical norm
-    norms = [1.0] * 10 + [1.45, 1.55]
+    # Prepare: identical honest norms -> scale at its floor 0.4 (log units), threshold 4:
+    # the boundary is exp(1.6) = 4.95 times the typical norm
+    norms = [1.0] * 10 + [4.8, 5.2]
     stats = _stats(norms, [0.5] * 12, [1.0] * 12)
     # Execute
     scores = anomaly_scores(stats, np.full(12, 10.0), AnomalyThresholds())
     # Assert
-    assert scores.signals["norm_z"][10] == pytest.approx(np.log(1.45) / 0.1)
+    assert scores.signals["norm_z"][10] == pytest.approx(np.log(4.8) / 0.4)
     assert scores.rejected.tolist() == [False] * 11 + [True]
+
+
+def test_norm_ratio_rule_holds_when_equal_large_norms_capture_the_densest_half() -> None:
+    # Prepare: 40 % Gaussian attackers send updates of one norm (100); honest norms spread over
+    # two orders of magnitude, so the densest half of the log-norms is the attackers' and the
+    # z-score sees nothing. The median is still an honest norm.
+    honest = [0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0, 4.0, 6.0]
+    norms = honest + [100.0] * 8
+    stats = _stats(norms, [0.5] * 20, [1.0] * 20)
+    # Execute
+    scores = anomaly_scores(stats, np.full(20, 10.0), AnomalyThresholds())
+    # Assert: the attackers, and only they, go, on the ratio rule
+    assert scores.rejected.tolist() == [False] * 12 + [True] * 8
+    assert np.nanmax(scores.signals["norm_z"][12:]) < 4
+    assert all("median" in str(r) for r in scores.reasons[12:])
 
 
 def test_rejections_are_capped_at_max_reject_fraction() -> None:
@@ -270,6 +285,7 @@ def test_history_anomaly_ramp() -> None:
         pytest.param({"dispersion_ratio": 1.0}, r"dispersion_ratio must be in \(0, 1\)", id="disp"),
         pytest.param({"duplicate_ratio": 0.0}, r"duplicate_ratio must be in \(0, 1\)", id="dup"),
         pytest.param({"max_count_ratio": 1.0}, "max_count_ratio must be > 1", id="count"),
+        pytest.param({"max_norm_ratio": 0.5}, "max_norm_ratio must be > 1", id="norm-ratio"),
         pytest.param({"min_replies": 2}, "min_replies must be >= 3", id="min-replies"),
         pytest.param({"max_reject_fraction": 1.0}, "max_reject_fraction", id="fraction"),
         pytest.param({"cosine_scale_floor": -0.1}, "cosine_scale_floor", id="floor"),
