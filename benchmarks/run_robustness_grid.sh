@@ -1,30 +1,55 @@
 #!/usr/bin/env bash
 # The robustness benchmark: attack x defense x attacker fraction x 3 seeds on two scenarios,
-# then the report into docs/. Runs for about 3 hours on a 2-core machine; start it in the
-# background: nohup bash benchmarks/run_robustness_grid.sh > robustness.log 2>&1 &
-# Each scenario's sweep runs in its own process, both at once: most of a short run is Ray
-# start-up and polling, so two sweeps share the two cores better than one after the other.
+# then the report into docs/. Start it in the background:
+#   nohup bash benchmarks/run_robustness_grid.sh > robustness.log 2>&1 &
+# The grid is cut into Hydra multiruns ("units": one scenario, one strategy, one seed, every
+# attack and fraction) and PARALLEL units run at once. Most of a short run is Ray start-up,
+# actor start-up and message polling, so 4 runs at once finish ~1.8x more runs per hour than one
+# on 2 cores (measured: 4 runs in 97 s against 43 s for one). Units go in seed order, ours
+# first, so an interrupted grid still has whole seeds; engine.skip_completed=true makes a
+# restart run only what is missing.
+# STRATEGIES, SCENARIOS, SEEDS and PARALLEL select a part of the grid; SKIP_REPORT=1 skips the
+# report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 WANDB_MODE=offline
 export FL_IOT_DATA_ROOT="${FL_IOT_DATA_ROOT:-$(cd .. && pwd)/shared/data}"
 SCENARIOS="${SCENARIOS:-healthcare_wearables vehicle_fleet}"
-# STRATEGIES=fedavg,trusted runs a part of the grid (the default is the experiment's list).
-STRATEGY_OVERRIDE=${STRATEGIES:+strategy=$STRATEGIES}
-FL_IOT=.venv/bin/fl-iot
+STRATEGIES="${STRATEGIES:-trusted fedavg fedmedian fedtrimmedavg multikrum bulyan}"
+SEEDS="${SEEDS:-0 1 2}"
+PARALLEL="${PARALLEL:-4}"
+mkdir -p multirun/robustness/logs
 
-sweep() {
-    local scenario=$1
-    "$FL_IOT" -m +experiment=robustness_clean "scenario=$scenario" $STRATEGY_OVERRIDE
-    "$FL_IOT" -m +experiment=robustness "scenario=$scenario" $STRATEGY_OVERRIDE
+units() {
+    # The no-attack column first (3 seeds per unit), then the attacks, seed by seed.
+    for strategy in $STRATEGIES; do
+        for scenario in $SCENARIOS; do
+            echo "robustness_clean $scenario $strategy ${SEEDS// /,}"
+        done
+    done
+    for seed in $SEEDS; do
+        for strategy in $STRATEGIES; do
+            for scenario in $SCENARIOS; do
+                echo "robustness $scenario $strategy $seed"
+            done
+        done
+    done
 }
 
-pids=()
-for scenario in $SCENARIOS; do
-    sweep "$scenario" > "multirun-robustness-$scenario.log" 2>&1 &
-    pids+=($!)
-done
-for pid in "${pids[@]}"; do wait "$pid"; done
+run_unit() {
+    local experiment=$1 scenario=$2 strategy=$3 seeds=$4
+    local log="multirun/robustness/logs/$experiment-$scenario-$strategy-${seeds//,/}.log"
+    echo "$(date +%T) start $experiment $scenario $strategy seed=$seeds"
+    if .venv/bin/fl-iot -m "+experiment=$experiment" "scenario=$scenario" \
+        "strategy=$strategy" "seed=$seeds" > "$log" 2>&1; then
+        echo "$(date +%T) done  $experiment $scenario $strategy seed=$seeds"
+    else
+        echo "$(date +%T) FAILED $experiment $scenario $strategy seed=$seeds (see $log)"
+    fi
+}
+export -f run_unit
+
+units | xargs -P "$PARALLEL" -L 1 bash -c 'run_unit "$@"' _
 [ -n "${SKIP_REPORT:-}" ] && exit 0
 
 .venv/bin/fl-iot-report multirun/robustness --rows scenario attack strategy --columns fraction \

@@ -14,7 +14,10 @@ Sensitivity of a weighted sum
     aggregation. A strategy that weighs devices itself (fl-iot's ``ReliabilityWeightedFedAvg``)
     must expose ``max_weight_share``: it is set to ``κ / n`` for the ``n`` replies of the round, so
     no device holds more than ``κ`` times an equal share, and the noise is multiplied by ``κ``
-    (``max_weight_ratio``). Robust rules (median, trimmed mean, Krum, Bulyan) and anomaly
+    (``max_weight_ratio``). ``ReliabilityWeightedFedAvg`` then caps the shares by water-filling
+    and drops the factors computed from the other devices' updates of the round (agreement
+    quality, the median-norm bound), through which one device could move the others' weights.
+    Robust rules (median, trimmed mean, Krum, Bulyan) and anomaly
     rejection choose their output from all updates at once, so one device can move it by more
     than its share; they are refused.
 

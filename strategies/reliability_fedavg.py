@@ -40,6 +40,7 @@ from strategies.validation import (
 )
 from strategies.weighting import (
     bounded_quantity,
+    cap_shares,
     combine_weights,
     norm_clip_factors,
     weighted_metrics,
@@ -109,6 +110,14 @@ class ReliabilityWeightedFedAvg(FedAvg):
     Then every update ``x_i - g`` larger than ``clip_ratio`` times the round's median update norm
     is shrunk to that norm (:func:`~strategies.weighting.norm_clip_factors`), so no accepted
     update, however boosted, moves the model by more than a few typical updates.
+
+    Under central DP (:class:`fl_iot.central_dp.CentralDP` sets ``max_weight_share``) the
+    weights keep only what does not depend on the other devices' updates of the round, bounded
+    quantity and reliability, and no device's share exceeds ``max_weight_share``
+    (:func:`~strategies.weighting.cap_shares`): agreement quality and the median-norm bound are
+    off, since one device could move the others' weights through them. Reliability then rests on
+    participation (completed, failed, late, malformed); anomaly scores only enter it when
+    :class:`~strategies.AnomalyRejection` is in front, which central DP refuses.
 
     Malformed replies (error replies, missing/extra records, wrong keys, shapes or dtypes,
     NaN/Inf, bad sample counts) are rejected and logged with the device and the reason; they never
@@ -202,6 +211,8 @@ class ReliabilityWeightedFedAvg(FedAvg):
         self.sample_size = int(sample_size)
         self.seed = int(seed)
         self.max_update_norm = max_update_norm
+        # Set by central DP (fl_iot.central_dp.CentralDP) each round; see the class docstring.
+        self.max_weight_share: float | None = None
         self.current_arrays: ArrayRecord | None = None
         self.node_devices: dict[int, str] = {}
         self._configured: OrderedDict[int, set[int]] = OrderedDict()
@@ -306,11 +317,18 @@ class ReliabilityWeightedFedAvg(FedAvg):
             direction_z, self.quality_soft_z, self.quality_hard_z, self.min_quality
         )
         reliability = np.array([self.tracker.reliability(p.device, server_round) for p in parsed])
-        raw = combine_weights(quantity, quality, reliability)
-        shares = raw / raw.sum() if len(raw) and raw.sum() > 0 else np.zeros_like(raw)
         clip = norm_clip_factors(norms, self.clip_ratio)
         if spec is None or spec.global_views is None:
             clip = np.ones(len(parsed))  # no update origin to shrink towards
+        if self.max_weight_share is not None:
+            # Under central DP a weight may not depend on the other devices' updates of the
+            # round (agreement quality, the median-norm bound): one device could then move the
+            # others' weights. The DP wrapper has clipped every update already.
+            quality, clip = np.ones(len(parsed)), np.ones(len(parsed))
+        raw = combine_weights(quantity, quality, reliability)
+        if self.max_weight_share is not None and len(raw):
+            raw = cap_shares(raw, self.max_weight_share)
+        shares = raw / raw.sum() if len(raw) and raw.sum() > 0 else np.zeros_like(raw)
 
         arrays = metrics = None
         if parsed and spec is not None:

@@ -94,6 +94,53 @@ def combine_weights(
     )
 
 
+def cap_shares(weights: np.ndarray, max_share: float) -> np.ndarray:
+    """Weights normalised to sum to 1 with no share above ``max_share``.
+
+    Shares above the cap are set to it and the excess goes to the others in proportion to their
+    weights, repeatedly, until none is above (water-filling). A bounded share is what bounds the
+    sensitivity of a weighted mean: under central DP one device's clipped update of norm ``C``
+    moves the aggregate by at most ``max_share · C``.
+
+    Parameters
+    ----------
+    weights : np.ndarray
+        Non-negative unnormalised weights; all zero means equal shares.
+    max_share : float
+        Largest share, with ``max_share · len(weights) >= 1`` so that the shares can sum to 1.
+
+    Returns
+    -------
+    np.ndarray
+        The capped shares, float64, summing to 1 (empty for no weights).
+
+    Examples
+    --------
+    >>> cap_shares(np.array([6.0, 1.0, 1.0, 1.0, 1.0]), max_share=0.3).round(3).tolist()
+    [0.3, 0.175, 0.175, 0.175, 0.175]
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    n = weights.size
+    if n == 0:
+        return weights
+    if max_share * n < 1.0 - 1e-12:
+        raise ValueError(f"max_share {max_share!r} cannot hold {n} shares summing to 1")
+    if weights.sum() <= 0:
+        weights = np.ones(n)
+    shares = weights / weights.sum()
+    capped = np.zeros(n, dtype=bool)
+    while (over := (shares > max_share) & ~capped).any():
+        capped |= over
+        free = ~capped
+        rest = 1.0 - max_share * capped.sum()
+        shares[capped] = max_share
+        if not free.any():
+            break
+        free_total = weights[free].sum()
+        shares[free] = weights[free] / free_total * rest if free_total > 0 else rest / free.sum()
+    return shares
+
+
 def weighted_metrics(
     records: Sequence[Mapping[str, Any]], weights: Sequence[float], keys: Sequence[str]
 ) -> dict[str, float | list[float]]:

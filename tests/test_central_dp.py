@@ -17,7 +17,10 @@ from fl_iot.errors import ConfigError
 from fl_iot.privacy import central_dp_epsilon
 from fl_iot.run_config import compose_config
 from fl_iot.server import run_server
+from strategies import ReliabilityWeightedFedAvg
 from tests.in_process_grid import InProcessGrid, set_task_identity
+from tests.test_strategies_support import configure, numpy_arrays
+from tests.test_strategies_support import reply as strategy_reply
 
 
 def reply_to(node: int, update: np.ndarray, num_examples: int) -> Message:
@@ -68,16 +71,59 @@ def test_equal_weights_make_the_aggregate_an_unweighted_mean_of_clipped_updates(
     np.testing.assert_allclose(result, (np.array([0.6, 0.8, 0.0]) + updates[1]) / 2, atol=1e-6)
 
 
+def test_reliability_weighting_under_central_dp_caps_every_share_and_scales_the_noise():
+    # Prepare: kappa 1.5 over 4 replies caps each share at 0.375. The fourth device claims 10^6
+    # examples (bounded to 3x the median: raw shares 1/6, 1/6, 1/6, 1/2, so it is capped and the
+    # rest shared 0.625 / 3 each) and sends a huge update (clipped to norm 1 by the DP wrapper).
+    set_task_identity()
+    strategy = ReliabilityWeightedFedAvg(min_available_nodes=4)
+    dp = CentralDP(
+        strategy,
+        noise_multiplier=1e-9,
+        clipping_norm=1.0,
+        num_sampled_devices=4,
+        num_devices=10,
+        max_weight_ratio=1.5,
+    )
+    zero = {"w": np.zeros(3, dtype=np.float32)}
+    configure(dp, 1, zero, [1, 2, 3, 4])
+    updates = [np.array([0.1, 0.0, 0.0]), np.array([0.0, 0.1, 0.0]), np.array([0.0, 0.0, 0.1])]
+    huge = np.array([1e6, -1e6, 0.0])
+    replies = [
+        strategy_reply(node, {"w": u.astype(np.float32)}, count)
+        for node, u, count in zip((1, 2, 3, 4), [*updates, huge], (10, 10, 10, 10**6), strict=True)
+    ]
+    # Execute
+    arrays, _ = dp.aggregate_train(1, replies)
+    report = dp.round_report(1)
+    # Assert
+    assert arrays is not None
+    shares = [report["devices"][d]["weight"] for d in ("1", "2", "3", "4")]
+    assert shares == pytest.approx([0.625 / 3] * 3 + [0.375])
+    clipped = huge / np.linalg.norm(huge)
+    expected = sum(s * u for s, u in zip(shares, [*updates, clipped], strict=True))
+    np.testing.assert_allclose(numpy_arrays(arrays)["w"], expected, atol=1e-6)
+    assert dp.dp.noise_multiplier == pytest.approx(1.5 * 1e-9)  # noise grows with kappa
+    assert report["central_dp"]["max_weight_ratio"] == 1.5
+
+
 @pytest.mark.parametrize("strategy", [FedMedian(), object()])
 def test_strategies_whose_output_is_not_a_bounded_weighted_mean_are_refused(strategy):
     with pytest.raises(ConfigError, match="central DP cannot wrap"):
         CentralDP(strategy, 1.0, 1.0, num_sampled_devices=4, num_devices=10)  # type: ignore[arg-type]
 
 
-def test_a_run_reports_central_epsilon_every_round_as_an_independent_accountant_does(tmp_path):
+@pytest.mark.parametrize(
+    ("strategy", "kappa"), [("fedavg", 1.0), ("reliability", 2.0)], ids=["fedavg", "reliability"]
+)
+def test_a_run_reports_central_epsilon_every_round_as_an_independent_accountant_does(
+    tmp_path, strategy, kappa
+):
     GlobalHydra.instance().clear()
     cfg = compose_config(
         (
+            f"strategy={strategy}",
+            f"privacy.central.max_weight_ratio={kappa}",
             "privacy=central_dp",
             "privacy.central.noise_multiplier=1.2",
             "scenario.num_devices=6",

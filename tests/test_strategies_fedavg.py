@@ -76,6 +76,30 @@ def test_updates_above_clip_ratio_times_the_median_norm_are_shrunk_towards_the_m
     np.testing.assert_allclose(numpy_arrays(arrays)["w"], g["w"] + 11 * V, rtol=1e-6)
 
 
+def test_under_central_dp_shares_are_capped_and_round_dependent_factors_are_off() -> None:
+    # Prepare: what CentralDP sets, a share cap of 0.4. Counts 10, 10, 100 (cap 3 -> 30) give
+    # raw shares 0.2, 0.2, 0.6; the third is capped at 0.4 and its excess goes to the others.
+    # Its update 30V would be shrunk by the median-norm bound, which depends on the other
+    # devices' updates and is therefore off (the DP wrapper has clipped every update already).
+    g = {"w": np.ones(2, np.float32)}
+    strategy = ReliabilityWeightedFedAvg(min_available_nodes=3, clip_ratio=3.0)
+    strategy.max_weight_share = 0.4
+    configure(strategy, 1, g, [10, 11, 12])
+    replies = [
+        reply(10 + i, {"w": g["w"] + k * V}, n)
+        for i, (k, n) in enumerate(((1, 10), (2, 10), (30, 100)))
+    ]
+    # Execute
+    arrays, _ = strategy.aggregate_train(1, replies)
+    devices = strategy.round_report(1)["devices"]
+    # Assert: g + 0.3·V + 0.3·2V + 0.4·30V = g + 12.9V
+    assert arrays is not None
+    np.testing.assert_allclose(numpy_arrays(arrays)["w"], g["w"] + 12.9 * V, rtol=1e-6)
+    assert [devices[d]["weight"] for d in ("10", "11", "12")] == pytest.approx([0.3, 0.3, 0.4])
+    assert [devices[d]["norm_clip"] for d in ("10", "11", "12")] == [1.0, 1.0, 1.0]
+    assert [devices[d]["quality"] for d in ("10", "11", "12")] == [1.0, 1.0, 1.0]
+
+
 def test_failures_and_lateness_lower_the_next_rounds_weight() -> None:
     # Prepare: round 1 configures four nodes; 10 and 11 complete, 12 fails, 13 never answers
     strategy = ReliabilityWeightedFedAvg(min_available_nodes=4)

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from hypothesis import given
+from hypothesis import strategies as st
 
 from strategies import ReliabilityTracker, agreement_quality, bounded_quantity, combine_weights
-from strategies.weighting import norm_clip_factors, weighted_metrics
+from strategies.weighting import cap_shares, norm_clip_factors, weighted_metrics
 
 # -- quantity, quality, weights ---------------------------------------------------------------
 
@@ -48,6 +50,35 @@ def test_norm_clip_factors_shrink_only_updates_above_the_bound() -> None:
     assert norm_clip_factors(norms[:4], ratio=3.0).tolist() == [1.0, 1.0, 1.0, 0.25]
     assert norm_clip_factors(norms, ratio=None).tolist() == [1.0] * 5
     assert norm_clip_factors(norms, ratio=0.5).tolist() == [1.0, 0.5, 1 / 3, 1 / 30, 1.0]
+
+
+def test_cap_shares_hand_computed() -> None:
+    # 6 : 1 : 1 : 1 : 1 with cap 0.3 -> 0.3, and the remaining 0.7 shared equally by the rest;
+    # 8 : 4 : 1 : 1 with cap 0.4 -> 8 and then 4 capped in turn: 0.4, 0.4, 0.1, 0.1
+    assert cap_shares(np.array([6.0, 1, 1, 1, 1]), 0.3).tolist() == pytest.approx(
+        [0.3, 0.175, 0.175, 0.175, 0.175]
+    )
+    assert cap_shares(np.array([8.0, 4, 1, 1]), 0.4).tolist() == pytest.approx([0.4, 0.4, 0.1, 0.1])
+    assert cap_shares(np.array([5.0, 1.0]), 0.5).tolist() == [0.5, 0.5]
+    assert cap_shares(np.zeros(4), 0.5).tolist() == [0.25] * 4
+    with pytest.raises(ValueError, match="cannot hold 4 shares"):
+        cap_shares(np.ones(4), 0.2)
+
+
+@given(
+    st.lists(st.floats(0.0, 1e6, allow_nan=False), min_size=1, max_size=30),
+    st.floats(1.0, 5.0),
+)
+def test_cap_shares_sum_to_one_below_the_cap_and_keep_the_order(
+    weights: list[float], ratio: float
+) -> None:
+    w = np.array(weights)
+    shares = cap_shares(w, ratio / len(w))
+    assert shares.sum() == pytest.approx(1.0)
+    assert (shares <= ratio / len(w) + 1e-12).all()
+    assert (shares >= 0).all()
+    order = np.argsort(w, kind="stable")
+    assert (np.diff(shares[order]) >= -1e-12).all()  # a larger weight never gets a smaller share
 
 
 def test_combine_weights_is_the_product_of_the_factors() -> None:
