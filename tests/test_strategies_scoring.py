@@ -251,6 +251,18 @@ def test_norm_ratio_rule_holds_when_equal_large_norms_capture_the_densest_half()
     assert all("median" in str(r) for r in scores.reasons[12:])
 
 
+def test_most_updates_zero_leaves_no_median_norm_to_compare_with() -> None:
+    # Prepare: 7 of 10 devices send the global model back unchanged (nothing to learn): the
+    # median norm is 0, so the ratio rule has no reference: NaN, which never rejects
+    norms = [0.0] * 7 + [1.0, 1.2, 1.1]
+    stats = _stats(norms, [0.5] * 10, [1.0] * 10)
+    # Execute
+    scores = anomaly_scores(stats, np.full(10, 10.0), AnomalyThresholds())
+    # Assert
+    assert np.isnan(scores.signals["norm_ratio"]).all()
+    assert all(r is None or "median" not in r for r in scores.reasons)
+
+
 def test_rejections_are_capped_at_max_reject_fraction() -> None:
     # Prepare: 10 devices, 4 of them wildly off, but at most 30 % (3) may be rejected
     norms = [1.0] * 6 + [10.0, 20.0, 30.0, 40.0]
