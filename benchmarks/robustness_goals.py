@@ -41,7 +41,7 @@ def sizes(summaries: Sequence[Summary]) -> list[str]:
         ]
         config = runs[0]["config"]
         sc = config["scenario"]
-        per_round = round(sc["num_devices"] * sc["fraction_train"])
+        per_round = runs[0]["clients"]["sampled"] / runs[0]["rounds_completed"]
         classes = ", ".join(
             f"{name} {share:g} ({config['device_classes'][name]['local_epochs']} epochs"
             + (
@@ -56,11 +56,19 @@ def sizes(summaries: Sequence[Summary]) -> list[str]:
         wall = [s["timings"]["server_total_s"] for s in runs]
         lines.append(
             f"- **{scenario}**: {sc['num_devices']} devices, {sc['num_rounds']} rounds, "
-            f"{per_round} devices train per round (fraction {sc['fraction_train']:g}), "
+            f"{per_round:g} devices train per round (fraction {sc['fraction_train']:g}), "
             f"central evaluation every round; {classes}. {len(runs)} runs, "
             f"{statistics.median(wall):.0f} s median per run inside the ServerApp "
             f"(Ray start-up and teardown come on top)."
         )
+        for fraction in sorted({s["config"]["attack"]["fraction"] for s in runs}):
+            f = round(fraction * per_round)  # Bulyan's f, as fl_iot.attackers_per_round sets it
+            if 4 * f + 3 > per_round:
+                lines.append(
+                    f"  At {fraction:.0%} Bulyan's f is {f}, and it needs 4f + 3 = {4 * f + 3} > "
+                    f"{per_round:g} sampled devices: Flower's Bulyan declines to aggregate every "
+                    "round, so the model stays at its initialisation."
+                )
     return lines
 
 
