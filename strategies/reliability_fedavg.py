@@ -317,14 +317,15 @@ class ReliabilityWeightedFedAvg(FedAvg):
             direction_z, self.quality_soft_z, self.quality_hard_z, self.min_quality
         )
         reliability = np.array([self.tracker.reliability(p.device, server_round) for p in parsed])
-        clip = norm_clip_factors(norms, self.clip_ratio)
-        if spec is None or spec.global_views is None:
-            clip = np.ones(len(parsed))  # no update origin to shrink towards
         if self.max_weight_share is not None:
             # Under central DP a weight may not depend on the other devices' updates of the
             # round (agreement quality, the median-norm bound): one device could then move the
             # others' weights. The DP wrapper has clipped every update already.
             quality, clip = np.ones(len(parsed)), np.ones(len(parsed))
+        elif spec is None or spec.global_views is None:
+            clip = np.ones(len(parsed))  # no update origin to shrink towards
+        else:
+            clip = norm_clip_factors(norms, self.clip_ratio)
         raw = combine_weights(quantity, quality, reliability)
         if self.max_weight_share is not None and len(raw):
             raw = cap_shares(raw, self.max_weight_share)
