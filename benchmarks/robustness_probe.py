@@ -16,6 +16,8 @@ Usage::
         --seeds 0 1 --out /tmp/probe.jsonl      (one command line)
     .venv/bin/python benchmarks/robustness_probe.py --out /tmp/probe.jsonl --table-only
 
+``--keep-metrics DIR`` keeps every run's ``metrics.jsonl`` (per-device signals and weights).
+
 Extra Hydra overrides follow ``--``, e.g. ``-- strategy.direction_threshold=5``; they are part of
 a run's key, so variants of one strategy can share an output file.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -51,6 +54,7 @@ def run_one(
     seed: int,
     rounds: int,
     extra: list[str],
+    keep_metrics: Path | None = None,
 ) -> dict[str, Any]:
     """One in-process run; the per-round central accuracy and detection, as a JSON-able dict."""
     from hydra.core.global_hydra import GlobalHydra
@@ -83,6 +87,10 @@ def run_one(
         run_server(grid, cfg, Path(out))
         seconds = time.perf_counter() - start
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").open()]
+        if keep_metrics is not None:
+            keep_metrics.mkdir(parents=True, exist_ok=True)
+            name = "_".join([scenario, strategy, attack, f"{fraction:g}", f"seed{seed}", *extra])
+            shutil.copy(Path(out) / "metrics.jsonl", keep_metrics / f"{name}.jsonl")
     accuracy, honest_rejected, caught, rejected, attackers = [], 0, 0, 0, 0
     for record in records:
         accuracy.append((record.get("central") or {}).get("accuracy"))
@@ -162,6 +170,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, appended")
     parser.add_argument("--table-only", action="store_true", help="print the table of --out")
+    parser.add_argument(
+        "--keep-metrics", type=Path, help="copy each run's metrics.jsonl (per-device signals) here"
+    )
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # the server logs every round at INFO
 
@@ -182,7 +193,14 @@ def main() -> None:
                             if key in done:
                                 continue
                             result = run_one(
-                                scenario, strategy, attack, fraction, seed, args.rounds, extra
+                                scenario,
+                                strategy,
+                                attack,
+                                fraction,
+                                seed,
+                                args.rounds,
+                                extra,
+                                args.keep_metrics,
                             )
                             with args.out.open("a") as f:
                                 f.write(json.dumps(result) + "\n")
