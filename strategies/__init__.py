@@ -20,7 +20,8 @@ Classes
 :class:`ReliabilityWeightedFedAvg`
     FedAvg weighted by ``bounded quantity × quality × reliability``; rejects malformed replies.
 :class:`ReliabilityTracker`
-    Per-device history (completed, late, failed, anomalous) with decay; plain-dict state.
+    Per-device history (completed, late, failed, anomalous; mean direction) with decay;
+    plain-dict state.
 
 Signals, and what each one catches
 ----------------------------------
@@ -37,6 +38,9 @@ direction (cosine to the     sign flip, IPM (−ε·mean), label flip, when they
 coordinate-wise median of    the round's own spread (see the limits below)
 normalised updates, on a
 seeded coordinate sample)
+output-layer direction       label flip (Tolpegin et al. 2020: it shows in the flipped classes'
+(the same, on the last       output neurons, a few hundred coordinates the whole-model sample
+2-D array and after it)      drowns). Logged, and feeds quality and history; never rejects
 dispersion (RMS of clipped   updates crafted onto the coordinate-wise centre of every
 robust per-coord. z-scores)  coordinate (mimicry); a dormant safety net on real fleets
 duplicate (nearest other     colluders that send one crafted vector: ALIE, IPM, sybils.
@@ -45,8 +49,9 @@ count (claimed / median)     weight inflation; the weight itself is also capped 
 ============================ ================================================================
 
 Weights: *quantity* is the claimed count capped at ``quantity_cap × median`` (a liar gains at most
-the cap); *quality* is the agreement of the update with the robust reference (1 for the bulk,
-down to ``min_quality`` for updates pointing away; no self-reported value is trusted);
+the cap); *quality* is the device's agreement with the robust reference, the lower of the two
+direction z-scores as a decayed mean over the device's rounds (1 for the bulk, down to
+``min_quality`` for devices that keep pointing away; no self-reported value is trusted);
 *reliability* is a decayed beta-reputation of the device's history, with lateness and failures
 penalised less than anomalies (IoT devices drop out for battery and network reasons). Every
 accepted update is then bounded to ``clip_ratio × median`` update norm: boosted updates that no
@@ -59,16 +64,17 @@ coordinates are exactly zero for a given device (ReLUs its data never activates)
 are bounded rather than z-tested alone, dispersion uses floored scales and clipped z-scores, and
 "too close" is measured against other devices (copies), not against the centre.
 
-Limits: per-update statistics cannot separate label flippers from honest devices with a
-different label mix when the flippers are numerous in a round: they push one coherent direction
-while honest non-IID updates spread out, so they shape the round's median itself. On
-healthcare_wearables such rounds (6-7 flippers of 23 sampled at 20 %) still dip the accuracy;
-trusted contains them better than FedAvg but not as well as Multi-Krum told the number of
-attackers. A single colluder, or colluders that add independent noise to their vector, are not
-copies; they are then only bounded (norm) and weighted (quality). Statistical rejection needs
-``min_replies`` (3) well-formed replies, the dispersion and copy signals ``min_replies_dispersion``
-(10), and robust statistics assume an honest majority (at most ``max_reject_fraction`` is
-rejected).
+Limits: per-update statistics of one round cannot separate label flippers from honest devices
+with a different label mix, and when the flippers are numerous in a round (6-7 of 23 sampled on
+healthcare_wearables at 20 %) they push one coherent direction while honest non-IID updates
+spread out, so they shape the round's median itself. Judging each device by its mean direction
+over its rounds is what contains them (they are at the bottom of nearly every round, honest
+outliers only of some); it needs a few rounds of history, and at 40 % flippers the reference
+itself is theirs too often. A single colluder, or colluders that add independent noise to their
+vector, are not copies; they are then only bounded (norm) and weighted (quality). Statistical
+rejection needs ``min_replies`` (3) well-formed replies, the dispersion and copy signals
+``min_replies_dispersion`` (10), and robust statistics assume an honest majority (at most
+``max_reject_fraction`` is rejected).
 
 The math lives in module-level functions (:mod:`strategies.scoring`, :mod:`strategies.weighting`,
 :mod:`strategies.arrays`, :mod:`strategies.validation`); the strategies are thin layers over

@@ -32,6 +32,7 @@ from strategies.scoring import (
     anomaly_scores,
     gather_sample,
     history_anomaly,
+    output_layer_cosine,
     update_statistics,
 )
 from strategies.validation import (
@@ -234,7 +235,7 @@ class AnomalyRejection(Strategy):
                 ScoredReplies.build(
                     spec,
                     accepted,
-                    scores.signals["direction_z"][keep].tolist(),
+                    scores.agreement_z[keep].tolist(),
                     scores.score[keep].tolist(),
                     norms[keep].tolist(),
                 ),
@@ -346,6 +347,9 @@ class AnomalyRejection(Strategy):
         plan = SamplePlan.draw(spec, self.sample_size, self.seed, server_round)
         sample = gather_sample([p.arrays for p in parsed], spec, plan)
         stats = update_statistics(sample, norms, seed=(self.seed, server_round))
+        stats.output_cosine = output_layer_cosine(
+            [p.arrays for p in parsed], spec, self.sample_size, self.seed, server_round
+        )
         return anomaly_scores(stats, counts, self.thresholds)
 
     def _forward(self, accepted: list[ParsedReply]) -> list[Message]:
@@ -380,12 +384,16 @@ class AnomalyRejection(Strategy):
         replies: list[Message],
     ) -> None:
         share = history_anomaly(scores.score)
+        quality_z = scores.agreement_z
+        direction = {p.device: float(quality_z[i]) for i, p in enumerate(parsed)}
         for i, p in enumerate(parsed):
             if not scores.rejected[i]:
-                self.tracker.observe(p.device, server_round, R.COMPLETED, float(share[i]))
+                self.tracker.observe(
+                    p.device, server_round, R.COMPLETED, float(share[i]), direction[p.device]
+                )
         for r in rejections:
             outcome = {FAILED: R.FAILED, ANOMALOUS: R.REJECTED}.get(r.kind, R.MALFORMED)
-            self.tracker.observe(r.device, server_round, outcome)
+            self.tracker.observe(r.device, server_round, outcome, direction=direction.get(r.device))
         configured = self._configured.get(server_round, set())
         for device in late_devices(configured, replies, self.node_devices):
             self.tracker.observe(device, server_round, R.LATE)

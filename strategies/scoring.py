@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from strategies.arrays import ModelSpec
+from strategies.arrays import ArraySpec, ModelSpec
 
 _Z75 = 0.6744897501960817  # Φ⁻¹(0.75): half-width of the shortest half of N(0, 1)
 _GATHER_BLOCK = 64  # updates gathered per block before the transpose into the (k, n) matrix
@@ -118,19 +118,41 @@ class SamplePlan:
         The draw depends on ``seed`` and the round only, so every strategy instance of a run
         samples the same coordinates, and an attacker cannot know them in advance.
         """
-        total = spec.num_float
+        return cls._over(spec.float_arrays, size, [seed, server_round])
+
+    @classmethod
+    def output_layer(
+        cls, spec: ModelSpec, size: int, seed: int, server_round: int
+    ) -> SamplePlan | None:
+        """Up to ``size`` coordinates of the output layer: the last 2-D float array and after.
+
+        For a classifier that is the last ``Linear``'s weight and bias, where a label flip shows
+        most (Tolpegin et al., ESORICS'20, find the flipped classes' output neurons); in the
+        whole-model sample those few coordinates are drowned. All of them when the layer is
+        small, else a seeded draw, as in :meth:`draw`. ``None`` when no float array is 2-D.
+        """
+        floats = spec.float_arrays
+        last = max((i for i, a in enumerate(floats) if len(a.shape) == 2), default=None)
+        if last is None:
+            return None
+        return cls._over(floats[last:], size, [seed, server_round, 1])
+
+    @classmethod
+    def _over(cls, arrays: Sequence[ArraySpec], size: int, seed: list[int]) -> SamplePlan:
+        """``size`` distinct coordinates of ``arrays`` drawn with ``seed`` (all if fewer)."""
+        total = sum(a.size for a in arrays)
         if total <= size:
-            global_idx = np.arange(total, dtype=np.int64)
+            chosen = np.arange(total, dtype=np.int64)
         else:
-            rng = np.random.default_rng([seed, server_round])
-            global_idx = np.sort(rng.choice(total, size=size, replace=False))
+            rng = np.random.default_rng(seed)
+            chosen = np.sort(rng.choice(total, size=size, replace=False))
         parts: list[tuple[str, np.ndarray, slice]] = []
         offset = pos = 0
-        for arr in spec.float_arrays:
-            lo = int(np.searchsorted(global_idx, offset))
-            hi = int(np.searchsorted(global_idx, offset + arr.size))
+        for arr in arrays:
+            lo = int(np.searchsorted(chosen, offset))
+            hi = int(np.searchsorted(chosen, offset + arr.size))
             if hi > lo:
-                parts.append((arr.key, global_idx[lo:hi] - offset, slice(pos, pos + hi - lo)))
+                parts.append((arr.key, chosen[lo:hi] - offset, slice(pos, pos + hi - lo)))
                 pos += hi - lo
             offset += arr.size
         return cls(tuple(parts), pos)
@@ -191,6 +213,46 @@ class UpdateStatistics:
     cosine: np.ndarray
     dispersion: np.ndarray
     nearest: np.ndarray | None = None
+    output_cosine: np.ndarray | None = None
+
+
+def output_layer_cosine(
+    updates: Sequence[dict[str, np.ndarray]],
+    spec: ModelSpec,
+    size: int,
+    seed: int,
+    server_round: int,
+) -> np.ndarray | None:
+    """Cosine of each update's output layer to the coordinate-wise median of the round.
+
+    The layer is :meth:`SamplePlan.output_layer`'s; ``None`` when the model has no 2-D array.
+    """
+    plan = SamplePlan.output_layer(spec, size, seed, server_round)
+    if plan is None:
+        return None
+    return median_cosine(gather_sample(updates, spec, plan))
+
+
+def agreement_z(direction_z: np.ndarray, output_direction_z: np.ndarray) -> np.ndarray:
+    """The direction z-score that agreement quality and device history use.
+
+    The lower of the whole update's and the output layer's (either alone where the other is NaN).
+    """
+    return np.fmin(direction_z, output_direction_z)
+
+
+def median_cosine(sample: np.ndarray) -> np.ndarray:
+    """Cosine of each column of ``(k, n)`` to the coordinate-wise median of the unit columns.
+
+    0 for a zero column or a zero median. ``sample`` is not modified.
+    """
+    norms = np.linalg.norm(sample, axis=0)
+    unit = sample / np.where(norms > 0, norms, 1.0).astype(sample.dtype)
+    reference = row_median(unit.copy())
+    ref_norm = float(np.linalg.norm(reference))
+    if ref_norm == 0:
+        return np.zeros(sample.shape[1])
+    return np.clip((reference @ unit / ref_norm).astype(np.float64), -1.0, 1.0)
 
 
 def update_statistics(
@@ -419,6 +481,7 @@ SIGNALS = (
     "norm_z",
     "norm_ratio",
     "direction_z",
+    "output_direction_z",
     "dispersion_ratio",
     "duplicate_ratio",
     "count_ratio",
@@ -434,6 +497,11 @@ class AnomalyScores:
     signals: dict[str, np.ndarray] = field(default_factory=dict)
     reasons: list[str | None] = field(default_factory=list)
     rejected: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    @property
+    def agreement_z(self) -> np.ndarray:
+        """See :func:`agreement_z`."""
+        return agreement_z(self.signals["direction_z"], self.signals["output_direction_z"])
 
 
 def anomaly_scores(
@@ -475,6 +543,13 @@ def anomaly_scores(
         stats.cosine, floor=t.cosine_scale_floor, relative_floor=t.cosine_relative_floor
     )
     signals["direction_z"] = (stats.cosine - c) / s
+    if stats.output_cosine is not None:
+        c, s = robust_center_scale(
+            stats.output_cosine,
+            floor=t.cosine_scale_floor,
+            relative_floor=t.cosine_relative_floor,
+        )
+        signals["output_direction_z"] = (stats.output_cosine - c) / s
     if n >= t.min_replies_dispersion and np.isfinite(stats.dispersion).any():
         signals["dispersion_ratio"] = stats.dispersion / np.nanmedian(stats.dispersion)
     if n >= t.min_replies_dispersion and stats.nearest is not None:

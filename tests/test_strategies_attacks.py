@@ -156,3 +156,24 @@ def test_label_flip_at_40_percent_is_contained_over_rounds() -> None:
     )
     assert share < 0.4, share
     assert reliability < honest - 0.1, (reliability, honest)
+
+
+def test_label_flippers_lose_weight_over_rounds_through_their_mean_direction() -> None:
+    # Per round, 20 % label flippers are mostly accepted (see EXPECTED); their direction, judged
+    # as a mean over their rounds, takes their weight below their share of the fleet, while the
+    # honest devices keep (nearly) full quality.
+    strategy = _trusted()
+    task = SyntheticTask("label_flip", 0.2, n=N, seed=0)
+    # Execute
+    train(strategy, task, rounds=8)
+    # Assert
+    first, last = strategy.round_report(1), strategy.round_report(8)
+    share_first = sum(first["devices"][str(i)]["weight"] for i in task.attackers)
+    share_last = sum(last["devices"][str(i)]["weight"] for i in task.attackers)
+    attacker_quality = [last["devices"][str(i)]["quality"] for i in task.attackers]
+    honest_quality = [
+        last["devices"][str(i)]["quality"] for i in range(N) if i not in task.attackers
+    ]
+    assert share_last < 0.5 * share_first and share_last < 0.05, (share_first, share_last)
+    assert np.mean([q for q in attacker_quality if q is not None]) < 0.5, attacker_quality
+    assert np.mean(honest_quality) > 0.95, honest_quality

@@ -53,6 +53,33 @@ def test_weights_are_bounded_quantity_times_quality_times_reliability() -> None:
     assert devices["12"]["num_examples"] == 90.0
 
 
+def test_quality_follows_the_devices_mean_direction_over_rounds() -> None:
+    # Prepare: 12 devices update along one direction with noise; device 0 reverses its update in
+    # rounds 1-3 and sends an honest update in round 4
+    rng = np.random.default_rng(0)
+    common = rng.standard_normal(64).astype(np.float32)
+    model = {"w": np.zeros(64, np.float32)}
+    strategy = ReliabilityWeightedFedAvg(min_available_nodes=12, clip_ratio=None)
+    nodes = list(range(100, 112))
+    # Execute
+    for server_round in range(1, 5):
+        configure(strategy, server_round, model, nodes)
+        replies = []
+        for i, node in enumerate(nodes):
+            update = common + 0.7 * rng.standard_normal(64).astype(np.float32)
+            if i == 0 and server_round <= 3:
+                update = -update
+            replies.append(reply(node, {"w": update}, 10, device=i))
+        strategy.aggregate_train(server_round, replies)
+    # Assert: reversed rounds cost device 0 quality at once, and its honest round 4 does not
+    # restore it: the mean of its rounds is still far below the others'
+    first, last = strategy.round_report(1)["devices"], strategy.round_report(4)["devices"]
+    assert first["0"]["quality"] < 1.0 and first["0"]["mean_direction_z"] < -1.5
+    assert last["0"]["mean_direction_z"] < -1.5 and last["0"]["quality"] < 0.7
+    honest = [last[str(i)]["quality"] for i in range(1, 12)]
+    assert min(honest) == 1.0, honest
+
+
 def test_updates_above_clip_ratio_times_the_median_norm_are_shrunk_towards_the_model() -> None:
     # Prepare: global g = (1, 1); updates V, 2V and 30V with equal weights. Median norm is
     # |2V|; ratio 3 -> bound |6V|, so 30V is shrunk by 6/30 = 0.2 to 6V.

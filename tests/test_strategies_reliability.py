@@ -186,10 +186,51 @@ def test_rarely_sampled_device_keeps_its_evidence() -> None:
     assert tracker.reliability("a", 2) == tracker.reliability("a", 12)
 
 
+def test_mean_direction_hand_computed() -> None:
+    # Prepare: decay 0.5; a pseudo-observation at 0 (weight 1) shrinks every mean
+    tracker = ReliabilityTracker(decay=0.5)
+    # Execute / Assert: a new device, this round only: (0 + z) / (1 + 1)
+    assert tracker.mean_direction("a", -3.0, 1) == pytest.approx(-1.5)
+    tracker.observe("a", 1, "completed", direction=-3.0)
+    assert tracker.mean_direction("a", -3.0, 1) == pytest.approx(-1.5)  # round 1 is not history
+    # Round 2: history S=-3, W=1; with this round's -1: (-3 - 1) / (1 + 1 + 1)
+    assert tracker.mean_direction("a", -1.0, 2) == pytest.approx(-4 / 3)
+    tracker.observe("a", 2, "completed", direction=-10.0)  # clipped to -4
+    # Round 3: S = 0.5·(-3) - 4 = -5.5, W = 0.5 + 1 = 1.5; this round 2.0 is clipped to 1
+    assert tracker.mean_direction("a", 2.0, 3) == pytest.approx((-5.5 + 1.0) / (1 + 1.5 + 1))
+    # Not scored this round (NaN): the history alone
+    assert tracker.mean_direction("a", float("nan"), 3) == pytest.approx(-5.5 / 2.5)
+
+
+def test_direction_of_one_round_seen_twice_keeps_the_lower_and_outcomes_without_one_add_none() -> (
+    None
+):
+    tracker = ReliabilityTracker(decay=1.0)
+    tracker.observe("a", 1, "completed", direction=-1.0)
+    tracker.observe("a", 1, "rejected", direction=-2.0)
+    tracker.observe("a", 2, "late")  # no direction
+    tracker.observe("a", 3, "completed", direction=float("nan"))
+    # History: only round 1's -2 (weight 1)
+    assert tracker.mean_direction("a", float("nan"), 4) == pytest.approx(-2.0 / 2)
+
+
+def test_persistent_attacker_sinks_while_an_occasional_outlier_recovers() -> None:
+    # An honest device with an unusual data mix points away once in a while; an attacker does so
+    # every round, a little less far. Over rounds only the attacker's mean stays low.
+    tracker = ReliabilityTracker()
+    honest = [-3.0, 0.5, 0.2, -0.5, 0.8, 0.1, 0.4, -0.2]
+    attacker = [-1.8, -2.0, -1.6, -2.2, -1.9, -1.7, -2.1, -1.8]
+    for server_round, (h, a) in enumerate(zip(honest, attacker, strict=True), start=1):
+        tracker.observe("h", server_round, "completed", direction=h)
+        tracker.observe("x", server_round, "completed", direction=a)
+    assert tracker.mean_direction("h", 0.0, 9) > -0.5
+    assert tracker.mean_direction("x", -1.8, 9) < -1.5
+
+
 def test_state_dict_round_trips_through_json() -> None:
     # Prepare
     tracker = ReliabilityTracker(decay=0.8, prior=0.6)
-    tracker.observe("a", 1, "completed", anomaly=0.5)
+    tracker.observe("a", 1, "completed", anomaly=0.5, direction=-2.0)
     tracker.observe("a", 2, "failed")  # still pending at save time
     tracker.observe("b", 1, "late")
     # Execute
@@ -199,6 +240,7 @@ def test_state_dict_round_trips_through_json() -> None:
     assert restored.decay == 0.8 and restored.prior == 0.6
     for device in ("a", "b", "new"):
         assert restored.reliability(device, 3) == tracker.reliability(device, 3)
+        assert restored.mean_direction(device, -1.0, 3) == tracker.mean_direction(device, -1.0, 3)
 
 
 def test_load_state_dict_rejects_foreign_state() -> None:

@@ -11,9 +11,12 @@ from strategies.arrays import ModelSpec
 from strategies.scoring import (
     SamplePlan,
     UpdateStatistics,
+    agreement_z,
     gather_sample,
     history_anomaly,
+    median_cosine,
     nearest_relative_distance,
+    output_layer_cosine,
     row_median,
 )
 
@@ -79,6 +82,73 @@ def test_sample_plan_is_seeded_and_spans_float_arrays_only() -> None:
     )
     everything = SamplePlan.draw(spec, size=5000, seed=0, server_round=1)
     assert everything.size == 1000
+
+
+def test_output_layer_plan_is_the_last_matrix_and_what_follows() -> None:
+    # Prepare: conv kernel (3-D), hidden Linear, output Linear (5×4) and its bias, an int buffer
+    record = ArrayRecord(
+        {
+            "conv.weight": Array(np.zeros((4, 1, 3), np.float32)),
+            "hidden.weight": Array(np.zeros((4, 12), np.float32)),
+            "out.weight": Array(np.zeros((5, 4), np.float32)),
+            "out.bias": Array(np.zeros(5, np.float32)),
+            "steps": Array(np.zeros(1, np.int64)),
+        }
+    )
+    spec = ModelSpec.from_arrayrecord(record)
+    # Execute
+    plan = SamplePlan.output_layer(spec, size=4096, seed=0, server_round=1)
+    sampled = SamplePlan.output_layer(spec, size=10, seed=0, server_round=1)
+    # Assert: every coordinate of out.weight and out.bias; at most `size` when the layer is larger
+    assert plan is not None and plan.size == 25
+    assert [(k, len(idx)) for k, idx, _ in plan.parts] == [("out.weight", 20), ("out.bias", 5)]
+    assert sampled is not None and sampled.size == 10
+    assert {k for k, _, _ in sampled.parts} <= {"out.weight", "out.bias"}
+    flat = ModelSpec.from_arrayrecord(ArrayRecord({"w": Array(np.zeros(8, np.float32))}))
+    assert SamplePlan.output_layer(flat, size=16, seed=0, server_round=1) is None
+
+
+def test_median_cosine_hand_computed() -> None:
+    # Prepare: unit columns e1, e1, e1, e2, -e1 and a zero column; coordinate medians (0.5, 0)
+    sample = np.array([[2.0, 1.0, 4.0, 0.0, -3.0, 0.0], [0.0, 0.0, 0.0, 5.0, 0.0, 0.0]], np.float32)
+    # Execute
+    cosine = median_cosine(sample)
+    # Assert: the reference points along e1
+    np.testing.assert_allclose(cosine, [1.0, 1.0, 1.0, 0.0, -1.0, 0.0], atol=1e-6)
+    assert sample[0, 0] == 2.0  # input untouched
+
+
+def test_output_layer_cosine_sees_a_flip_confined_to_the_output_layer() -> None:
+    # Prepare: 8 devices agree on both layers; device 7 reverses only its output layer, which is
+    # 10 of 1010 coordinates, invisible in the whole-update direction
+    rng = np.random.default_rng(0)
+    spec = ModelSpec.from_arrayrecord(
+        ArrayRecord(
+            {
+                "body.weight": Array(np.zeros((100, 10), np.float32)),
+                "out.weight": Array(np.zeros((2, 5), np.float32)),
+            }
+        )
+    )
+    common_body = rng.standard_normal(1000).astype(np.float32)
+    common_out = rng.standard_normal(10).astype(np.float32)
+    updates = []
+    for i in range(8):
+        body = common_body + 0.5 * rng.standard_normal(1000).astype(np.float32)
+        out = common_out + 0.5 * rng.standard_normal(10).astype(np.float32)
+        updates.append({"body.weight": body, "out.weight": -out if i == 7 else out})
+    # Execute
+    cosine = output_layer_cosine(updates, spec, size=4096, seed=0, server_round=1)
+    # Assert
+    assert cosine is not None
+    assert cosine[7] < -0.5 < 0.5 < cosine[:7].min()
+
+
+def test_agreement_z_is_the_lower_direction_and_ignores_nan() -> None:
+    whole = np.array([-1.0, 0.5, np.nan, np.nan])
+    output = np.array([-3.0, 1.0, -2.0, np.nan])
+    result = agreement_z(whole, output)
+    assert result[:3].tolist() == [-3.0, 0.5, -2.0] and np.isnan(result[3])
 
 
 def test_gather_sample_returns_update_columns() -> None:
