@@ -167,6 +167,25 @@ def test_forced_collections_are_skipped_during_aggregation_and_restored_after():
     assert gc.collect is original
 
 
+def test_a_round_without_an_aggregate_is_reported(tmp_path):
+    # Flower's Bulyan needs n >= 4f + 3 replies: with 6 of 12 devices and f = 1 it declines
+    # (returns None without raising) every round, and the model stays at its initialisation.
+    cfg = tiny_config(
+        "strategy=bulyan",
+        "strategy.num_malicious_nodes=1",
+        "scenario.num_devices=12",
+        "scenario.fraction_train=0.5",
+    )
+    result, _ = run(cfg, tmp_path)
+
+    assert result.summary["status"] == "completed"
+    assert result.summary["errors"] == [
+        f"round {r}: aggregate_train: Bulyan returned no model (6 replies); the previous model "
+        "is kept"
+        for r in (1, 2)
+    ]
+
+
 def test_bulyan_aggregates_through_the_loop(tmp_path):
     cfg = tiny_config(
         "strategy=bulyan",
