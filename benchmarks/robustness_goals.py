@@ -9,6 +9,10 @@ Goals (issue 3), on the final central accuracy, mean over seeds:
   good as the best of Flower's strategies on that attack;
 - 40 %: reported, no goal.
 
+Each check also counts the seeds on which it holds (ours against the same seed's run): with 3
+seeds and round-to-round swings of several points, a mean that misses by a point while 2 of 3
+seeds meet it is a different finding from a miss on every seed.
+
 The sizes (devices, rounds, devices per round, local training, wall time per run) are read from
 the runs' own ``summary.json``, so they cannot drift from what ran.
 """
@@ -103,15 +107,18 @@ def cells(
     return table
 
 
-def compare(ours: Cell, other: Cell) -> tuple[float, float, int] | None:
-    """Means of both cells over the seeds they share (seeds change the data), and how many."""
+def compare(ours: Cell, other: Cell) -> tuple[float, float, list[float]] | None:
+    """Means of both cells over the seeds they share, and the per-seed ``ours - other``.
+
+    Only shared seeds: a seed draws its own fleet (and, for synthetic data, its own data).
+    """
     seeds = sorted(ours.keys() & other.keys())
     if not seeds:
         return None
     return (
         statistics.mean(ours[k] for k in seeds),
         statistics.mean(other[k] for k in seeds),
-        len(seeds),
+        [ours[k] - other[k] for k in seeds],
     )
 
 
@@ -123,33 +130,41 @@ def goals(summaries: Sequence[Summary], metric: Callable[[Summary], float]) -> l
     """
     table = cells(summaries, metric)
     lines = [
-        "| scenario | check | ours | against | Δ (points) | seeds | goal met |",
+        "| scenario | check | ours | against | Δ (points) | seeds meeting it | goal met |",
         "|---|---|---|---|---|---|---|",
     ]
     met = total = 0
 
-    def check(scenario: str, what: str, result: tuple[float, float, int], name: str, ok: bool):
+    def check(
+        scenario: str,
+        what: str,
+        result: tuple[float, float, list[float]],
+        name: str,
+        tolerance: float,
+    ) -> None:
         nonlocal met, total
-        ours, other, n = result
+        ours, other, differences = result
+        ok = ours >= other - tolerance
+        seeds_ok = sum(d >= -tolerance for d in differences)
         met, total = met + ok, total + 1
         lines.append(
             f"| {scenario} | {what} | {ours:.3f} | {name} {other:.3f} | "
-            f"{100 * (ours - other):+.1f} | {n} | {'yes' if ok else '**no**'} |"
+            f"{100 * (ours - other):+.1f} | {seeds_ok} of {len(differences)} | "
+            f"{'yes' if ok else '**no**'} |"
         )
 
     for scenario in sorted({key[0] for key in table}):
         clean_ours = table.get((scenario, "none", OURS, "0%"), {})
         clean_base = table.get((scenario, "none", BASELINE, "0%"), {})
         if (result := compare(clean_ours, clean_base)) is not None:
-            ok = result[0] >= result[1] - CLEAN_TOLERANCE
-            check(scenario, "no attack: within 1 point of FedAvg", result, "FedAvg", ok)
+            what = "no attack: within 1 point of FedAvg"
+            check(scenario, what, result, "FedAvg", CLEAN_TOLERANCE)
         attacks = sorted({k[1] for k in table if k[0] == scenario and k[1] != "none"})
         for attack in attacks:
             ours = table.get((scenario, attack, OURS, "20%"), {})
             if (result := compare(ours, clean_ours)) is not None:
-                ok = result[0] >= result[1] - ATTACK_TOLERANCE
                 what = f"{attack} 20 %: within 3 points of our no-attack result"
-                check(scenario, what, result, "ours, no attack", ok)
+                check(scenario, what, result, "ours, no attack", ATTACK_TOLERANCE)
             flower = {
                 key[2]: result
                 for key, cell in table.items()
@@ -159,7 +174,7 @@ def goals(summaries: Sequence[Summary], metric: Callable[[Summary], float]) -> l
             if flower:
                 name, result = max(flower.items(), key=lambda item: item[1][1])
                 what = f"{attack} 20 %: at least the best Flower strategy"
-                check(scenario, what, result, name, result[0] >= result[1])
+                check(scenario, what, result, name, 0.0)
     lines.append("")
     lines.append(f"{met} of {total} checks met.")
     return lines
