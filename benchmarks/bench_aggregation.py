@@ -1,9 +1,11 @@
 """Aggregation cost: Flower's FedAvg vs trusted aggregation (anomaly rejection + reliability).
 
-Both strategies aggregate the *same* reply Messages (one flat float32 array of ``d`` parameters
-per reply, a MetricRecord with ``num-examples`` and ``train-loss``, a ``device`` ConfigRecord;
-10 % of the replies are boosted ×10 so the rejection path runs). Inputs are built before the clock
-starts, in one process; ``TaskIdentity`` is set by hand because no simulation is running.
+Both strategies aggregate the *same* reply Messages: one float32 matrix of ``d`` parameters
+(100 × d/100) per reply, a MetricRecord with ``num-examples`` and ``train-loss``, a ``device``
+ConfigRecord; 10 % of the replies are boosted ×10 so the rejection path runs. To the scoring a
+2-D last array is the output layer, so its output-layer statistic runs at its largest sample.
+Inputs are built before the clock starts, in one process; ``TaskIdentity`` is set by hand
+because no simulation is running.
 
 Timing is paired: each repetition runs FedAvg then trusted (A B A B ...), the ratio is taken per
 pair, and the table shows the median ratio with its range. ``gc.collect()`` runs before each
@@ -71,7 +73,7 @@ def build_replies(n: int, d: int, seed: int = 0) -> tuple[ArrayRecord, list[Mess
         instruction = Message(RecordDict({}), dst_node_id=node, message_type="train")
         content = RecordDict(
             {
-                "arrays": ArrayRecord({"w": Array(g + update)}),
+                "arrays": ArrayRecord({"w": Array((g + update).reshape(100, -1))}),
                 "metrics": MetricRecord(
                     {"num-examples": int(rng.integers(100, 300)), "train-loss": 0.5}
                 ),
@@ -79,7 +81,7 @@ def build_replies(n: int, d: int, seed: int = 0) -> tuple[ArrayRecord, list[Mess
             }
         )
         replies.append(Message(content, reply_to=instruction))
-    return ArrayRecord({"w": Array(g)}), replies, nodes
+    return ArrayRecord({"w": Array(g.reshape(100, -1))}), replies, nodes
 
 
 def time_cell(n: int, d: int, pairs: int) -> dict[str, float | list[float]]:
@@ -129,6 +131,8 @@ def main() -> None:
 
     results: dict[tuple[int, int], dict[str, float | list[float]]] = {}
     skipped: list[str] = []
+    if bad := [d for d in args.d if d % 100]:
+        parser.error(f"--d must be multiples of 100 (the model is a 100 × d/100 matrix), got {bad}")
     for d in args.d:
         for n in args.n:
             # Replies hold n·d float32 (plus np.save headers); generation needs one more update.
