@@ -85,6 +85,7 @@ METRICS: dict[str, Callable[[Summary], float | None]] = {
     "federated_macro_f1": lambda s: s["final"]["federated"].get("macro_f1"),
     "recall": lambda s: s.get("detection", {}).get("recall"),
     "precision": lambda s: s.get("detection", {}).get("precision"),
+    "attacker_weight": lambda s: s.get("detection", {}).get("attacker_weight"),
     "epsilon_spent": lambda s: s.get("privacy", {}).get("epsilon-max"),
     "mean_round_s": lambda s: s["timings"].get("mean_round_s"),
 }

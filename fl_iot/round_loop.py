@@ -319,7 +319,9 @@ def detection_scores(
     """Precision and recall of the strategy's rejections against the true attackers this round.
 
     Only devices that replied count: an attacker that was not sampled cannot be caught.
-    Empty when the strategy reports no rejections field.
+    Empty when the strategy reports no rejections field. When the report has per-device weights,
+    ``attacker_weight`` is the attackers' summed share of the aggregate: what a defence that
+    down-weights rather than rejects (label flip, sign flip) let through.
     """
     if "rejected" not in strategy_report:
         return {}
@@ -331,7 +333,7 @@ def detection_scores(
     rejected = {int(d) for d in strategy_report["rejected"]} & participants
     attackers = federation.attackers & participants
     caught = len(rejected & attackers)
-    return {
+    scores = {
         "rejected": float(len(rejected)),
         "attackers": float(len(attackers)),
         "caught": float(caught),
@@ -339,3 +341,8 @@ def detection_scores(
         "precision": caught / len(rejected) if rejected else 1.0,
         "recall": caught / len(attackers) if attackers else 1.0,
     }
+    devices = strategy_report.get("devices") or {}
+    weights = [(devices.get(str(d)) or {}).get("weight") for d in attackers]
+    if devices and all(isinstance(w, int | float) for w in weights):
+        scores["attacker_weight"] = float(sum(weights))  # type: ignore[arg-type]
+    return scores

@@ -189,3 +189,24 @@ def test_sign_flip_end_to_end_the_strategy_receives_flipped_updates(tmp_path):
         if entry.get("attacker") and "num-examples" in entry
     }
     assert marked and marked <= run.federation.attackers
+
+
+def test_trusted_reports_the_weight_attackers_kept(tmp_path):
+    # Sign flippers are down-weighted or rejected: the share of the aggregate they kept, per round
+    # in metrics.jsonl and averaged in summary.json, is what a defence let through.
+    cfg = tiny("sign_flip", "strategy=trusted")
+
+    summary = run_server(InProcessGrid(build_client_app(lambda _: cfg), 6), cfg, tmp_path).summary
+
+    rounds = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    per_round = [r["detection"]["attacker_weight"] for r in rounds]
+    for r, weight in zip(rounds, per_round, strict=True):
+        attackers = [d for d, v in r["devices"].items() if v.get("attacker")]
+        expected = sum(
+            r["strategy"]["devices"][d]["weight"]
+            for d in attackers
+            if d in r["strategy"]["devices"]
+        )
+        assert weight == pytest.approx(expected)
+        assert 0.0 <= weight < 1.0
+    assert summary["detection"]["attacker_weight"] == pytest.approx(np.mean(per_round))

@@ -151,6 +151,10 @@ def test_detection_precision_and_recall_by_hand():
         "recall": 0.5,
     }
     assert detection_scores({}, replies, federation, roster) == {}
+    # With per-device weights, the attackers' summed share of the aggregate.
+    weights = {attackers[0]: 0.0, attackers[1]: 0.05, honest[0]: 0.0, honest[1]: 0.95}
+    report["devices"] = {str(d): {"weight": w} for d, w in weights.items()}
+    assert detection_scores(report, replies, federation, roster)["attacker_weight"] == 0.05
 
 
 def test_forced_collections_are_skipped_during_aggregation_and_restored_after():

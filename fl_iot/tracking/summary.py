@@ -111,16 +111,23 @@ def _privacy(records: list[RoundRecord]) -> dict[str, float]:
 
 
 def _mean_detection(records: list[RoundRecord]) -> dict[str, float]:
-    """Precision and recall of rejection over the whole run (micro-averaged over rounds)."""
+    """Precision and recall of rejection over the whole run (micro-averaged over rounds).
+
+    Where the strategy reports weights, also the attackers' mean share of the aggregate per round.
+    """
     rounds = [r.detection for r in records if r.detection]
     if not rounds:
         return {}
     caught = sum(d["caught"] for d in rounds)
     rejected = sum(d["rejected"] for d in rounds)
     attackers = sum(d["attackers"] for d in rounds)
-    return {
+    result = {
         "precision": caught / rejected if rejected else 1.0,
         "recall": caught / attackers if attackers else 1.0,
         "rejected": rejected,
         "attackers": attackers,
     }
+    weights = [d["attacker_weight"] for d in rounds if "attacker_weight" in d]
+    if weights:
+        result["attacker_weight"] = sum(weights) / len(weights)
+    return result
