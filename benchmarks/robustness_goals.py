@@ -180,6 +180,42 @@ def goals(summaries: Sequence[Summary], metric: Callable[[Summary], float]) -> l
     return lines
 
 
+def attacker_weight(summary: Summary) -> tuple[float, float]:
+    """Mean over rounds of the attackers' share of the aggregate weight and of the replies.
+
+    Read from ``metrics.jsonl`` (per-device attacker flags and the strategy's per-device weights),
+    so runs from before ``detection.attacker_weight`` existed are covered too.
+    """
+    kept, present = [], []
+    for line in (Path(summary["_path"]) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        weights = record.get("strategy", {}).get("devices", {})
+        attackers = [d for d, v in record.get("devices", {}).items() if v.get("attacker")]
+        kept.append(sum(weights[d]["weight"] or 0.0 for d in attackers if d in weights))
+        present.append(sum(d in weights for d in attackers) / max(len(weights), 1))
+    return statistics.mean(kept), statistics.mean(present)
+
+
+def weight_kept(summaries: Sequence[Summary], fraction: str = "20%") -> list[str]:
+    """Per scenario and attack: the aggregate weight our attackers kept, against their share."""
+    table: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for s in summaries:
+        if s.get("status") != "completed" or KEYS["strategy"](s) != OURS:
+            continue
+        if KEYS["fraction"](s) != fraction:
+            continue
+        table[KEYS["scenario"](s), KEYS["attack"](s)].append(attacker_weight(s))
+    lines = [
+        "| scenario | attack | attackers' share of the aggregate | of the replies | seeds |",
+        "|---|---|---|---|---|",
+    ]
+    for (scenario, attack), values in sorted(table.items()):
+        kept = statistics.mean(v[0] for v in values)
+        present = statistics.mean(v[1] for v in values)
+        lines.append(f"| {scenario} | {attack} | {kept:.3f} | {present:.3f} | {len(values)} |")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directories", nargs="+", type=Path)
@@ -204,6 +240,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "that explains.\n"
     )
     print("\n".join(goals(summaries, last_rounds_accuracy)))
+    print(
+        "\n## What the attackers kept (ours, 20 %)\n\n"
+        "Rejection recall says who was refused; attacks that are down-weighted rather than "
+        "refused (label flip, sign flip, part of scaling) show here: the attackers' summed share "
+        "of the aggregate weight per round, mean over rounds and seeds, next to their share of "
+        "the replies.\n"
+    )
+    print("\n".join(weight_kept(summaries)))
 
 
 if __name__ == "__main__":
