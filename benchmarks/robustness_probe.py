@@ -16,7 +16,9 @@ Usage::
         --seeds 0 1 --out /tmp/probe.jsonl      (one command line)
     .venv/bin/python benchmarks/robustness_probe.py --out /tmp/probe.jsonl --table-only
 
-``--keep-metrics DIR`` keeps every run's ``metrics.jsonl`` (per-device signals and weights).
+``--attacks absent`` is a control: the devices that an attack at that fraction would corrupt never
+reply to training, which is what a perfect rejection leaves. ``--keep-metrics DIR`` keeps every
+run's ``metrics.jsonl`` (per-device signals and weights).
 
 Extra Hydra overrides follow ``--``, e.g. ``-- strategy.direction_threshold=5``; they are part of
 a run's key, so variants of one strategy can share an output file.
@@ -37,6 +39,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 ATTACKS = ("sign_flip", "gaussian", "scaling", "label_flip", "alie", "ipm", "weight_inflation")
+ABSENT = "absent"
+"""A control, not an attack: the devices an attack would corrupt never reply. What a defence that
+rejects every attacker, and nobody else, is left with."""
 
 
 def run_key(
@@ -61,6 +66,7 @@ def run_one(
     from omegaconf import DictConfig, OmegaConf
 
     from fl_iot.client_app import build_client_app
+    from fl_iot.device_runtime import run_context
     from fl_iot.run_config import compose_config
     from fl_iot.server import run_server
     from tests.in_process_grid import InProcessGrid
@@ -76,13 +82,26 @@ def run_one(
     ]
     if attack != "none":
         overrides.append(f"attack.fraction={fraction}")
+    if attack == ABSENT:  # the attackers of any attack: the seed and fraction choose them
+        overrides[overrides.index(f"attack={attack}")] = "attack=sign_flip"
     GlobalHydra.instance().clear()
     cfg = OmegaConf.create(
         OmegaConf.to_container(compose_config((*overrides, *extra)), resolve=True)
     )
     assert isinstance(cfg, DictConfig)
     with tempfile.TemporaryDirectory(prefix="robustness_probe_") as out:
-        grid = InProcessGrid(build_client_app(lambda _: cfg), cfg.scenario.num_devices)
+        absent = run_context(cfg).federation.attackers if attack == ABSENT else frozenset()
+        grid = InProcessGrid(
+            build_client_app(lambda _: cfg),
+            cfg.scenario.num_devices,
+            # Silent in training only: the roll call needs every node, and evaluation replies
+            # do not touch the model.
+            fault=lambda partition, message: (
+                "silent"
+                if partition in absent and message.metadata.message_type == "train"
+                else None
+            ),
+        )
         start = time.perf_counter()
         run_server(grid, cfg, Path(out))
         seconds = time.perf_counter() - start
