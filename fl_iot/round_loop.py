@@ -144,10 +144,10 @@ class RoundLoop:
             record.errors.append(f"aggregate_train: {type(error).__name__}: {error}")
             new_arrays = None
         else:
+            # Flower's strategies return None without raising when they decline to aggregate
+            # (no replies, or Bulyan/Krum with too few of them): say so, or a run whose model
+            # never moved looks like any other.
             if new_arrays is None:
-                # Flower's strategies return None without raising when they decline to aggregate
-                # (no replies, or Bulyan/Krum with too few of them): say so, or a run whose model
-                # never moved looks like any other.
                 log.warning(
                     "round %d: the strategy returned no model; keeping the previous one",
                     server_round,

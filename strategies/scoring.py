@@ -12,6 +12,10 @@ attackers can pull:
     norm-normalised updates, on a seeded random sample of coordinates (the median of ``n`` rows
     of ``k`` sampled coordinates costs O(n·k), not O(n·d)). Its robust z-score catches sign flips,
     IPM (``-ε·mean``), Gaussian noise and many label flips.
+``output_direction``
+    The same on the output layer alone (:meth:`SamplePlan.output_layer`), where label flips show
+    most. It does not reject; with ``direction`` it makes the :func:`agreement_z` that the
+    weighting's quality and each device's direction history use.
 ``dispersion``
     RMS of the per-coordinate robust z-scores of the normalised update (coordinate median and MAD
     over the devices; the MAD floored at a tenth of the typical coordinate's and each z clipped
@@ -207,6 +211,8 @@ class UpdateStatistics:
 
     ``nearest`` is the distance to the closest other update relative to the larger of the two
     norms (see :func:`nearest_relative_distance`); ``None`` when it was not computed.
+    ``output_cosine`` is the output layer's cosine to its coordinate-wise median
+    (:func:`output_layer_cosine`); ``None`` when not computed or the model has no 2-D array.
     """
 
     norms: np.ndarray
