@@ -202,9 +202,7 @@ def test_mean_direction_hand_computed() -> None:
     assert tracker.mean_direction("a", float("nan"), 3) == pytest.approx(-5.5 / 2.5)
 
 
-def test_direction_of_one_round_seen_twice_keeps_the_lower_and_outcomes_without_one_add_none() -> (
-    None
-):
+def test_direction_seen_twice_keeps_the_lower_and_rounds_without_one_add_nothing() -> None:
     tracker = ReliabilityTracker(decay=1.0)
     tracker.observe("a", 1, "completed", direction=-1.0)
     tracker.observe("a", 1, "rejected", direction=-2.0)
