@@ -304,7 +304,7 @@ class ReliabilityWeightedFedAvg(FedAvg):
             )
             for p in parsed:
                 self.node_devices[p.node_id] = p.device
-            direction_z = np.zeros(len(parsed))
+            direction_z = np.full(len(parsed), np.nan)  # not scored
             norms = np.zeros(len(parsed))
             if spec is not None:
                 parsed, value_rejections, norms = check_values(parsed, spec, self.max_update_norm)
@@ -426,7 +426,7 @@ class ReliabilityWeightedFedAvg(FedAvg):
         self, server_round: int, parsed: list[ParsedReply], spec: ModelSpec, norms: np.ndarray
     ) -> np.ndarray:
         if len(parsed) < 3:
-            return np.zeros(len(parsed))
+            return np.full(len(parsed), np.nan)  # no robust reference: not scored
         plan = SamplePlan.draw(spec, self.sample_size, self.seed, server_round)
         sample = gather_sample([p.arrays for p in parsed], spec, plan)
         stats = update_statistics(sample, norms, with_nearest=False)
@@ -485,10 +485,8 @@ class ReliabilityWeightedFedAvg(FedAvg):
         rejections: list[Rejection],
         replies: list[Message],
     ) -> None:
-        scored = len(parsed) >= 3  # smaller rounds have no direction statistic (zeros)
         for p, z in zip(parsed, direction_z, strict=True):
-            direction = float(z) if scored else None
-            self.tracker.observe(p.device, server_round, R.COMPLETED, direction=direction)
+            self.tracker.observe(p.device, server_round, R.COMPLETED, direction=float(z))
         for r in rejections:
             outcome = R.FAILED if r.kind == FAILED else R.MALFORMED
             self.tracker.observe(r.device, server_round, outcome)
