@@ -24,9 +24,9 @@ from strategies.scoring import (
     SamplePlan,
     agreement_quality,
     agreement_z,
+    cosine_z,
     gather_sample,
     output_layer_cosine,
-    robust_center_scale,
     update_statistics,
 )
 from strategies.validation import (
@@ -435,15 +435,8 @@ class ReliabilityWeightedFedAvg(FedAvg):
         )
         # The same robust z-scores as AnomalyRejection's direction signals, default floors.
         t = AnomalyThresholds()
-
-        def robust_z(cosine: np.ndarray) -> np.ndarray:
-            center, scale = robust_center_scale(
-                cosine, floor=t.cosine_scale_floor, relative_floor=t.cosine_relative_floor
-            )
-            return (cosine - center) / scale
-
-        whole = robust_z(stats.cosine)
-        return whole if output is None else agreement_z(whole, robust_z(output))
+        whole = cosine_z(stats.cosine, t)
+        return whole if output is None else agreement_z(whole, cosine_z(output, t))
 
     @staticmethod
     def _average(

@@ -545,17 +545,9 @@ def anomaly_scores(
     median_norm = float(np.median(stats.norms))
     if median_norm > 0:  # most updates zero: no typical norm to compare with
         signals["norm_ratio"] = stats.norms / median_norm
-    c, s = robust_center_scale(
-        stats.cosine, floor=t.cosine_scale_floor, relative_floor=t.cosine_relative_floor
-    )
-    signals["direction_z"] = (stats.cosine - c) / s
+    signals["direction_z"] = cosine_z(stats.cosine, t)
     if stats.output_cosine is not None:
-        c, s = robust_center_scale(
-            stats.output_cosine,
-            floor=t.cosine_scale_floor,
-            relative_floor=t.cosine_relative_floor,
-        )
-        signals["output_direction_z"] = (stats.output_cosine - c) / s
+        signals["output_direction_z"] = cosine_z(stats.output_cosine, t)
     if n >= t.min_replies_dispersion and np.isfinite(stats.dispersion).any():
         signals["dispersion_ratio"] = stats.dispersion / np.nanmedian(stats.dispersion)
     if n >= t.min_replies_dispersion and stats.nearest is not None:
@@ -594,6 +586,16 @@ def anomaly_scores(
         top = names[int(np.argmax(table[:, i]))]
         reasons.append(_describe(top, signals[top][i], t))
     return AnomalyScores(score, signals, reasons, rejected)
+
+
+def cosine_z(cosine: np.ndarray, thresholds: AnomalyThresholds) -> np.ndarray:
+    """Robust z-score of each cosine within its round, with the thresholds' scale floors."""
+    center, scale = robust_center_scale(
+        cosine,
+        floor=thresholds.cosine_scale_floor,
+        relative_floor=thresholds.cosine_relative_floor,
+    )
+    return (cosine - center) / scale
 
 
 def _relative_to_median(values: np.ndarray) -> np.ndarray:
