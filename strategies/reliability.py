@@ -140,10 +140,7 @@ class ReliabilityTracker:
         if outcome not in _SEVERITY:
             raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
         anomaly = _check("anomaly", anomaly, 0.0, 1.0)
-        if direction is not None and math.isfinite(direction):
-            direction = min(max(float(direction), DIRECTION_RANGE[0]), DIRECTION_RANGE[1])
-        else:
-            direction = None
+        direction = _clipped_direction(direction)
         record = self._devices.setdefault(device, _empty_record())
         if record["pending"] is not None and record["pending"]["round"] != server_round:
             # Another round's event: it becomes history now (even if rounds restarted, as in a
@@ -222,8 +219,9 @@ class ReliabilityTracker:
             self._fold(record, before_round=server_round)
             total += record["direction_sum"]
             weight += record["direction_weight"]
-        if math.isfinite(direction):
-            total += min(max(direction, DIRECTION_RANGE[0]), DIRECTION_RANGE[1])
+        current = _clipped_direction(direction)
+        if current is not None:
+            total += current
             weight += 1.0
         return total / weight
 
@@ -287,6 +285,13 @@ class ReliabilityTracker:
             }
         self.__dict__.update(fresh.__dict__)
         self._devices = devices
+
+
+def _clipped_direction(direction: float | None) -> float | None:
+    """``direction`` clipped to :data:`DIRECTION_RANGE`; ``None`` for ``None`` and NaN/Inf."""
+    if direction is None or not math.isfinite(direction):
+        return None
+    return min(max(float(direction), DIRECTION_RANGE[0]), DIRECTION_RANGE[1])
 
 
 def _empty_record() -> dict[str, Any]:
