@@ -88,8 +88,12 @@ def completed_summary(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | Non
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    # Whether to skip is not part of what a run computes.
-    engine = {k: v for k, v in config.get("engine", {}).items() if k != "skip_completed"}
+    # Whether to skip, and whether Ray outlives the run, are not part of what a run computes.
+    engine = {
+        k: v
+        for k, v in config.get("engine", {}).items()
+        if k not in ("skip_completed", "keep_ray_alive")
+    }
     return {**config, "engine": engine}
 
 

@@ -123,6 +123,9 @@ class EngineConfig:
     num_cpus_per_client: float = 1.0
     num_cpus: int | None = None
     round_timeout_s: float = 3600.0
+    # Keep the Ray session up after a run for the next run of the same process (a multirun's
+    # next job), instead of paying ray.init and shutdown every job. See simulation.ray_session.
+    keep_ray_alive: bool = True
     # Skip a run whose output directory already holds a completed summary.json of the same
     # config (a restarted sweep then only runs what is missing).
     skip_completed: bool = False

@@ -23,6 +23,10 @@ def test_every_scenario_runs_end_to_end_in_one_sweep(shared_data_root, tmp_path)
     )
 
     assert result.returncode == 0, result.stderr[-3000:]
+    # One Ray session serves the whole sweep (engine.keep_ray_alive): each job after the first
+    # finds it up instead of starting its own.
+    reused = (result.stdout + result.stderr).count("reusing the Ray session")
+    assert reused == len(SCENARIOS) - 1
     job_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
     assert len(job_dirs) == len(SCENARIOS)
     seen = []

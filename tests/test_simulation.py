@@ -1,16 +1,23 @@
-"""Runs on Flower's Simulation Engine (Ray) in this process: reproducibility."""
+"""Runs on Flower's Simulation Engine (Ray) in this process: reproducibility, a kept session."""
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import numpy as np
+import pytest
+import ray
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+from fl_iot import simulation
 from fl_iot.cli import run_study
 from fl_iot.client_app import build_client_app
 from fl_iot.run_config import compose_config
 from fl_iot.server import run_server
+from fl_iot.simulation import stop_kept_ray_session
 from tests.in_process_grid import InProcessGrid
 
 TINY_SAMPLED = (
@@ -26,14 +33,23 @@ def config(*overrides: str) -> DictConfig:
     return compose_config((*TINY_SAMPLED, *overrides))
 
 
-def test_same_seed_gives_the_same_result_on_ray_as_in_process(tmp_path):
+def test_same_seed_gives_the_same_result_on_ray_as_in_process(tmp_path, caplog):
     """Same seed, same result: on Ray (2 workers, replies in any order) and in one process.
 
     Equality across engines is a stronger check than two Ray runs: nothing the result depends on
-    may come from scheduling, arrival order or process state.
+    may come from scheduling, arrival order or process state. The second Ray run reuses the Ray
+    session the first one kept up (``engine.keep_ray_alive``), as a multirun's next job does.
     """
     cfg = config("tracking.sinks=[summary,checkpoint]")
-    on_ray = run_study(cfg, tmp_path / "ray")
+    try:
+        on_ray = run_study(cfg, tmp_path / "ray")
+        assert ray.is_initialized()  # kept up for the next run
+        with caplog.at_level(logging.INFO, logger="fl_iot.simulation"):
+            on_kept_ray = run_study(cfg, tmp_path / "ray_again")
+        assert "reusing the Ray session" in caplog.text
+    finally:
+        stop_kept_ray_session()
+    assert not ray.is_initialized()
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     assert isinstance(resolved, DictConfig)
     grid = InProcessGrid(build_client_app(lambda _: resolved), resolved.scenario.num_devices)
@@ -41,7 +57,80 @@ def test_same_seed_gives_the_same_result_on_ray_as_in_process(tmp_path):
 
     for part in ("central", "federated", "train"):
         assert on_ray["final"][part] == in_process["final"][part]
-    model_ray = torch.load(tmp_path / "ray" / "model.pt", weights_only=True)
+        assert on_kept_ray["final"][part] == in_process["final"][part]
     model_local = torch.load(tmp_path / "local" / "model.pt", weights_only=True)
-    for key in model_ray:
-        np.testing.assert_array_equal(model_ray[key].numpy(), model_local[key].numpy())
+    for run in ("ray", "ray_again"):
+        model_ray = torch.load(tmp_path / run / "model.pt", weights_only=True)
+        for key in model_ray:
+            np.testing.assert_array_equal(model_ray[key].numpy(), model_local[key].numpy())
+
+
+class FakeRay:
+    """Just what ``ray_session`` touches of the ``ray`` module: is it up, and shut it down."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.shutdowns = 0
+
+    def is_initialized(self) -> bool:
+        return self.up
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+        self.up = False
+
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    fake = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(simulation, "_kept_ray_init_args", None)
+    return fake
+
+
+def run_like_flower(fake: FakeRay) -> None:
+    """What Flower's Ray backend does in one run: start Ray if it is down, shut it down after."""
+    fake.up = True
+    sys.modules["ray"].shutdown()
+
+
+ARGS = {"num_cpus": 2, "log_to_driver": False}
+
+
+def test_a_kept_session_serves_the_next_run_with_the_same_init_args(fake_ray, caplog):
+    with simulation.ray_session(ARGS, keep_alive=True):
+        run_like_flower(fake_ray)
+    assert fake_ray.up and fake_ray.shutdowns == 0
+    with (
+        caplog.at_level(logging.INFO, logger="fl_iot.simulation"),
+        simulation.ray_session(dict(ARGS), keep_alive=True),
+    ):
+        run_like_flower(fake_ray)
+    assert "reusing the Ray session" in caplog.text
+    assert fake_ray.up and fake_ray.shutdowns == 0
+    assert fake_ray.shutdown == FakeRay.shutdown.__get__(fake_ray)  # Flower's shutdown restored
+
+
+def test_other_init_args_or_keep_alive_off_get_a_fresh_session(fake_ray):
+    with simulation.ray_session(ARGS, keep_alive=True):
+        run_like_flower(fake_ray)
+    with simulation.ray_session({**ARGS, "num_cpus": 1}, keep_alive=True):
+        assert not fake_ray.up and fake_ray.shutdowns == 1  # the kept one is gone
+        run_like_flower(fake_ray)
+    with simulation.ray_session(ARGS, keep_alive=False):
+        assert fake_ray.shutdowns == 2
+        run_like_flower(fake_ray)  # Flower's own shutdown runs
+    assert not fake_ray.up and fake_ray.shutdowns == 3
+    simulation.stop_kept_ray_session()
+    assert fake_ray.shutdowns == 3  # nothing was kept
+
+
+def test_a_failed_run_shuts_its_session_down(fake_ray):
+    with (
+        pytest.raises(RuntimeError, match="actor died"),
+        simulation.ray_session(ARGS, keep_alive=True),
+    ):
+        fake_ray.up = True
+        raise RuntimeError("actor died")
+    assert not fake_ray.up and fake_ray.shutdowns == 1
+    assert simulation._kept_ray_init_args is None
