@@ -78,13 +78,24 @@ KEYS: dict[str, Callable[[Summary], str]] = {
 }
 """Grouping keys by name."""
 
+
+def _against_attackers(summary: Summary, score: str) -> float | None:
+    """A rejection score of the run, or None where no attacker replied in any round.
+
+    Against an empty attacker set recall is vacuous and precision only says whether anything
+    was rejected; the summary keeps its 1.0 conventions, the table shows "–".
+    """
+    detection = summary.get("detection", {})
+    return detection.get(score) if detection.get("attackers") else None
+
+
 METRICS: dict[str, Callable[[Summary], float | None]] = {
     "accuracy": lambda s: s["final"]["central"].get("accuracy"),
     "macro_f1": lambda s: s["final"]["central"].get("macro_f1"),
     "balanced_accuracy": lambda s: s["final"]["central"].get("balanced_accuracy"),
     "federated_macro_f1": lambda s: s["final"]["federated"].get("macro_f1"),
-    "recall": lambda s: s.get("detection", {}).get("recall"),
-    "precision": lambda s: s.get("detection", {}).get("precision"),
+    "recall": lambda s: _against_attackers(s, "recall"),
+    "precision": lambda s: _against_attackers(s, "precision"),
     "attacker_weight": lambda s: s.get("detection", {}).get("attacker_weight"),
     "epsilon_spent": lambda s: s.get("privacy", {}).get("epsilon-max"),
     "mean_round_s": lambda s: s["timings"].get("mean_round_s"),

@@ -6,7 +6,16 @@ from fl_iot.report import load_summaries, main, markdown_table, mean_std
 
 
 def write_run(
-    root, name, strategy, attack, fraction, seed, accuracy, status="completed", errors=()
+    root,
+    name,
+    strategy,
+    attack,
+    fraction,
+    seed,
+    accuracy,
+    status="completed",
+    errors=(),
+    detection=None,
 ):
     run_dir = root / name
     run_dir.mkdir(parents=True)
@@ -16,6 +25,7 @@ def write_run(
         "errors": list(errors),
         "final": {"central": {"accuracy": accuracy, "macro_f1": accuracy / 2}, "federated": {}},
         "timings": {},
+        "detection": detection or {},
         "config": {
             "choices": {"scenario": "smart_home", "strategy": strategy, "attack": attack},
             "attack": {"name": attack, "fraction": fraction},
@@ -50,6 +60,22 @@ def test_table_aggregates_seeds_per_row_and_column(tmp_path):
         "| alie | fedavg | 0.600 ± 0.141 (2) | – |",
         "| alie | trusted | 0.900 ± 0.000 (1) | 0.800 ± 0.000 (1) |",
     ]
+
+
+def test_rejection_scores_are_blank_where_no_attacker_replied(tmp_path):
+    clean = {"precision": 1.0, "recall": 1.0, "rejected": 0.0, "attackers": 0.0}
+    attacked = {"precision": 0.5, "recall": 0.25, "rejected": 8.0, "attackers": 16.0}
+    write_run(tmp_path, "c0", "trusted", "none", 0.0, 0, 0.7, detection=clean)
+    write_run(tmp_path, "a0", "trusted", "alie", 0.2, 0, 0.7, detection=attacked)
+    summaries = load_summaries([tmp_path])
+
+    for metric, attacked_cell in (("recall", "0.250"), ("precision", "0.500")):
+        table = markdown_table(summaries, ["attack"], ["fraction"], metric)
+        assert table.splitlines() == [
+            "| attack | 20% |",
+            "|---|---|",
+            f"| alie | {attacked_cell} ± 0.000 (1) |",  # the clean run has no cell
+        ], metric
 
 
 def test_command_writes_markdown_and_plot_and_lists_failures(tmp_path, capsys):
