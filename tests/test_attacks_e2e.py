@@ -210,3 +210,24 @@ def test_trusted_reports_the_weight_attackers_kept(tmp_path):
         assert weight == pytest.approx(expected)
         assert 0.0 <= weight < 1.0
     assert summary["detection"]["attacker_weight"] == pytest.approx(np.mean(per_round))
+
+
+def test_trusted_caps_an_inflated_count_instead_of_rejecting_the_update(tmp_path):
+    # strategy=trusted keeps a weight-inflating device's (honest) update and bounds its claimed
+    # count to quantity_cap × the round's median (conf/strategy/trusted.yaml, max_count_ratio).
+    cfg = tiny("weight_inflation", "strategy=trusted", "scenario.fraction_train=1.0")
+    run = run_context(cfg)
+
+    run_server(InProcessGrid(build_client_app(lambda _: cfg), 6), cfg, tmp_path)
+
+    rounds = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(run.federation.attackers) == 2 and len(rounds) == 2
+    for r in rounds:
+        devices = r["strategy"]["devices"]
+        assert len(devices) == 6 and not r["strategy"]["rejected"]
+        median = float(np.median([v["num_examples"] for v in devices.values()]))
+        for device_id in run.federation.attackers:
+            entry = devices[str(device_id)]
+            assert entry["status"] == "accepted"
+            assert entry["num_examples"] > 10 * median  # the lie: 100× its training split
+            assert entry["quantity"] == pytest.approx(3.0 * median)  # what the lie buys
