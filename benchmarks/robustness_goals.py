@@ -62,8 +62,9 @@ def sizes(summaries: Sequence[Summary]) -> list[str]:
             f"- **{scenario}**: {sc['num_devices']} devices, {sc['num_rounds']} rounds, "
             f"{per_round:g} devices train per round (fraction {sc['fraction_train']:g}), "
             f"central evaluation every round; {classes}. {len(runs)} runs, "
-            f"{statistics.median(wall):.0f} s median per run inside the ServerApp "
-            f"(Ray start-up and teardown come on top)."
+            f"{statistics.median(wall):.0f} s median per run inside the ServerApp, roll call "
+            f"included (with 4 runs at a time on 2 cores; imports, and Ray's start-up for the "
+            f"first run of each multirun, come on top)."
         )
         for fraction in sorted({s["config"]["attack"]["fraction"] for s in runs}):
             f = round(fraction * per_round)  # Bulyan's f, as fl_iot.attackers_per_round sets it

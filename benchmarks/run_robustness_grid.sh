@@ -5,11 +5,13 @@
 # The grid is cut into Hydra multiruns ("units": one scenario, strategy, seed and attacker
 # fraction, every attack) and PARALLEL units run at once. Most of a short run is Ray start-up,
 # actor start-up and message polling, so 4 runs at once finish ~1.8x more runs per hour than one
-# on 2 cores (measured: 4 runs in 97 s against 43 s for one). Units go 20 % before 40 %, seed by
-# seed, ours first, so an interrupted grid still has whole seeds; engine.skip_completed=true
-# makes a restart run only what is missing.
-# STRATEGIES, SCENARIOS, SEEDS, FRACTIONS and PARALLEL select a part of the grid;
-# SKIP_REPORT=1 skips the report; REPORT_ONLY=1 writes it from the runs there are.
+# on 2 cores (measured: 4 runs in 97 s against 43 s for one), and the jobs of a unit share one
+# Ray session (engine.keep_ray_alive; benchmarks/bench_ray_session.sh). Units go 20 % before
+# 40 %, seed by seed, ours first, so an interrupted grid still has whole seeds;
+# engine.skip_completed=true makes a restart run only what is missing.
+# STRATEGIES, SCENARIOS, SEEDS, FRACTIONS and PARALLEL select a part of the grid; GRID_DIR puts
+# its runs elsewhere than multirun/robustness; SKIP_REPORT=1 skips the report; REPORT_ONLY=1
+# writes it from the runs there are. The last line says how long the runs took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 WANDB_MODE=offline
@@ -19,7 +21,9 @@ STRATEGIES="${STRATEGIES:-trusted fedavg fedmedian fedtrimmedavg multikrum bulya
 SEEDS="${SEEDS:-0 1 2}"
 FRACTIONS="${FRACTIONS:-0.2 0.4}"
 PARALLEL="${PARALLEL:-4}"
-mkdir -p multirun/robustness/logs
+GRID_DIR="${GRID_DIR:-multirun/robustness}"
+export GRID_DIR
+mkdir -p "$GRID_DIR/logs"
 
 units() {
     # The no-attack column first (3 seeds per unit), then the attacks, 20 % before 40 %, seed by
@@ -43,10 +47,13 @@ units() {
 run_unit() {
     local experiment=$1 scenario=$2 strategy=$3 seeds=$4 fraction=$5
     local unit="$experiment $scenario $strategy seed=$seeds fraction=$fraction"
-    local log="multirun/robustness/logs/$experiment-$scenario-$strategy-${seeds//,/}-$fraction.log"
+    local log="$GRID_DIR/logs/$experiment-$scenario-$strategy-${seeds//,/}-$fraction.log"
+    local column=attacks
+    [ "$experiment" = robustness ] || column=clean
     echo "$(date +%T) start $unit"
     if .venv/bin/fl-iot -m "+experiment=$experiment" "scenario=$scenario" \
-        "strategy=$strategy" "seed=$seeds" "attack.fraction=$fraction" > "$log" 2>&1; then
+        "strategy=$strategy" "seed=$seeds" "attack.fraction=$fraction" \
+        "hydra.sweep.dir=$GRID_DIR/$scenario/$column" > "$log" 2>&1; then
         echo "$(date +%T) done  $unit"
     else
         echo "$(date +%T) FAILED $unit (see $log)"
@@ -54,18 +61,23 @@ run_unit() {
 }
 export -f run_unit
 
-[ -n "${REPORT_ONLY:-}" ] || units | xargs -P "$PARALLEL" -L 1 bash -c 'run_unit "$@"' _
+if [ -z "${REPORT_ONLY:-}" ]; then
+    started=$(date +%s)
+    units | xargs -P "$PARALLEL" -L 1 bash -c 'run_unit "$@"' _
+    echo "$(date +%T) grid runs finished in $(( ($(date +%s) - started) / 60 )) min" \
+        "($(find "$GRID_DIR" -name summary.json | wc -l) completed runs in $GRID_DIR)"
+fi
 [ -n "${SKIP_REPORT:-}" ] && exit 0
 
 # docs/robustness.md: the goal checks and sizes first, then one accuracy plot per scenario,
 # then every cell (accuracy, macro-F1, rejection recall and precision).
 {
     echo "# Robustness benchmark"
-    .venv/bin/python benchmarks/robustness_goals.py multirun/robustness
+    .venv/bin/python benchmarks/robustness_goals.py "$GRID_DIR"
     echo
     echo "## Accuracy by attack, defense and attacker fraction"
     for scenario in $SCENARIOS; do
-        .venv/bin/fl-iot-report "multirun/robustness/$scenario" --rows attack strategy \
+        .venv/bin/fl-iot-report "$GRID_DIR/$scenario" --rows attack strategy \
             --columns fraction --metric accuracy --plot "docs/robustness_$scenario.png" \
             --plot-panel attack > /dev/null
         printf '\n![%s](robustness_%s.png)\n' "$scenario" "$scenario"
@@ -73,6 +85,6 @@ export -f run_unit
     echo
     echo "## Every cell"
     echo
-    .venv/bin/fl-iot-report multirun/robustness --rows scenario attack strategy \
+    .venv/bin/fl-iot-report "$GRID_DIR" --rows scenario attack strategy \
         --columns fraction --metric accuracy macro_f1 recall precision
 } > docs/robustness.md
