@@ -100,12 +100,11 @@ def ray_session(init_args: dict[str, Any], keep_alive: bool) -> Iterator[None]:
     global _kept_ray_init_args
     import ray
 
-    if ray.is_initialized() and _kept_ray_init_args is not None:
-        if keep_alive and _kept_ray_init_args == init_args:
-            log.info("reusing the Ray session an earlier run of this process started")
-        else:
-            ray.shutdown()
-    _kept_ray_init_args = None
+    if keep_alive and ray.is_initialized() and _kept_ray_init_args == init_args:
+        log.info("reusing the Ray session an earlier run of this process started")
+        _kept_ray_init_args = None
+    else:
+        stop_kept_ray_session()
     if not keep_alive:
         yield
         return
