@@ -217,6 +217,8 @@ def test_trusted_caps_an_inflated_count_instead_of_rejecting_the_update(tmp_path
     # count to quantity_cap × the round's median (conf/strategy/trusted.yaml, max_count_ratio).
     cfg = tiny("weight_inflation", "strategy=trusted", "scenario.fraction_train=1.0")
     run = run_context(cfg)
+    cap = cfg.strategy.strategy.quantity_cap
+    assert cap < 10
 
     run_server(InProcessGrid(build_client_app(lambda _: cfg), 6), cfg, tmp_path)
 
@@ -224,10 +226,13 @@ def test_trusted_caps_an_inflated_count_instead_of_rejecting_the_update(tmp_path
     assert len(run.federation.attackers) == 2 and len(rounds) == 2
     for r in rounds:
         devices = r["strategy"]["devices"]
-        assert len(devices) == 6 and not r["strategy"]["rejected"]
-        median = float(np.median([v["num_examples"] for v in devices.values()]))
-        for device_id in run.federation.attackers:
-            entry = devices[str(device_id)]
-            assert entry["status"] == "accepted"
-            assert entry["num_examples"] > 10 * median  # the lie: 100× its training split
-            assert entry["quantity"] == pytest.approx(3.0 * median)  # what the lie buys
+        accepted = [v for v in devices.values() if v["status"] == "accepted"]
+        median = float(np.median([v["num_examples"] for v in accepted]))
+        # An update may still be refused for what it is (direction, norm), never for the count.
+        assert not any("sample count" in why for why in r["strategy"]["rejected"].values())
+        liars = [devices[str(d)] for d in run.federation.attackers]
+        assert all(v["num_examples"] > 10 * median for v in liars)  # 100× its training split
+        kept = [v for v in liars if v["status"] == "accepted"]
+        assert kept
+        for entry in kept:
+            assert entry["quantity"] == pytest.approx(cap * median)  # what the lie buys
