@@ -252,13 +252,28 @@ def median_cosine(sample: np.ndarray) -> np.ndarray:
 
     0 for a zero column or a zero median. ``sample`` is not modified.
     """
+    unit = sample.copy()
+    _normalise_columns(unit)
+    return _cosine_to_median(unit)[1]
+
+
+def _normalise_columns(sample: np.ndarray) -> np.ndarray:
+    """Scale each column of ``sample`` to unit norm in place (zero columns stay zero); the norms."""
     norms = np.linalg.norm(sample, axis=0)
-    unit = sample / np.where(norms > 0, norms, 1.0).astype(sample.dtype)
+    sample /= np.where(norms > 0, norms, 1.0).astype(sample.dtype)
+    return norms
+
+
+def _cosine_to_median(unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The coordinate-wise median of the unit columns, and each column's cosine to it.
+
+    The cosine is in ``[-1, 1]``, and 0 for every column when the median is zero.
+    """
     reference = row_median(unit.copy())
     ref_norm = float(np.linalg.norm(reference))
     if ref_norm == 0:
-        return np.zeros(sample.shape[1])
-    return np.clip((reference @ unit / ref_norm).astype(np.float64), -1.0, 1.0)
+        return reference, np.zeros(unit.shape[1])
+    return reference, np.clip((reference @ unit / ref_norm).astype(np.float64), -1.0, 1.0)
 
 
 def update_statistics(
@@ -291,12 +306,9 @@ def update_statistics(
     """
     n = sample.shape[1]
     unit = sample  # normalised in place: no second k×n buffer
-    row_norms = np.linalg.norm(unit, axis=0)
-    unit /= np.where(row_norms > 0, row_norms, 1.0).astype(np.float32)
+    row_norms = _normalise_columns(unit)
     nearest = nearest_relative_distance(unit, row_norms, seed) if with_nearest else None
-    reference = row_median(unit.copy())
-    ref_norm = float(np.linalg.norm(reference))
-    cosine = reference @ unit / ref_norm if ref_norm > 0 else np.zeros(n, dtype=np.float32)
+    reference, cosine = _cosine_to_median(unit)
     # |unit - reference| in place: the k×n buffer is reused instead of copied.
     deviation = np.abs(np.subtract(unit, reference[:, None], out=unit), out=unit)
     mad = 1.4826 * row_median(deviation.copy())
@@ -314,7 +326,7 @@ def update_statistics(
         dispersion = np.full(n, np.nan)
     return UpdateStatistics(
         norms=np.asarray(norms, dtype=np.float64),
-        cosine=np.clip(cosine.astype(np.float64), -1.0, 1.0),
+        cosine=cosine,
         dispersion=dispersion.astype(np.float64),
         nearest=nearest,
     )
