@@ -184,17 +184,16 @@ def goals(summaries: Sequence[Summary], metric: Callable[[Summary], float]) -> l
 def attacker_weight(summary: Summary) -> tuple[float, float]:
     """Mean over rounds of the attackers' share of the aggregate weight and of the replies.
 
-    Read from ``metrics.jsonl`` (per-device attacker flags and the strategy's per-device weights),
-    so runs from before ``detection.attacker_weight`` existed are covered too.
+    The first is the run's ``detection.attacker_weight``; the second is read from
+    ``metrics.jsonl`` (per-device attacker flags against the devices the strategy reported).
     """
-    kept, present = [], []
+    present = []
     for line in (Path(summary["_path"]) / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         weights = record.get("strategy", {}).get("devices", {})
         attackers = [d for d, v in record.get("devices", {}).items() if v.get("attacker")]
-        kept.append(sum(weights[d]["weight"] or 0.0 for d in attackers if d in weights))
         present.append(sum(d in weights for d in attackers) / max(len(weights), 1))
-    return statistics.mean(kept), statistics.mean(present)
+    return float(summary["detection"]["attacker_weight"]), statistics.mean(present)
 
 
 def weight_kept(summaries: Sequence[Summary], fraction: str = "20%") -> list[str]:
