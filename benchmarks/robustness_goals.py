@@ -124,12 +124,18 @@ def compare(ours: Cell, other: Cell) -> tuple[float, float, list[float]] | None:
 
 
 def goals(summaries: Sequence[Summary], metric: Callable[[Summary], float]) -> list[str]:
+    """The goal table of a multirun directory's runs (see :func:`goal_checks`)."""
+    return goal_checks(cells(summaries, metric))
+
+
+def goal_checks(table: dict[tuple[str, str, str, str], Cell]) -> list[str]:
     """The goal table: ours at 20 % against its no-attack result and the best Flower strategy.
 
-    Every comparison is over the seeds both sides ran: a seed draws its own fleet (and, for the
-    synthetic vehicle data, its own data), so means over different seeds are not comparable.
+    ``table`` maps ``(scenario, attack, strategy, fraction)``, fraction as ``"0%"`` or ``"20%"``,
+    to a metric by seed. Every comparison is over the seeds both sides ran: a seed draws its own
+    fleet (and, for the synthetic vehicle data, its own data), so means over different seeds are
+    not comparable.
     """
-    table = cells(summaries, metric)
     lines = [
         "| scenario | check | ours | against | Δ (points) | seeds meeting it | goal met |",
         "|---|---|---|---|---|---|---|",

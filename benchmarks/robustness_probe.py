@@ -16,6 +16,10 @@ Usage::
         --seeds 0 1 --out /tmp/probe.jsonl      (one command line)
     .venv/bin/python benchmarks/robustness_probe.py --out /tmp/probe.jsonl --table-only
 
+``--goals`` adds the goal checks of ``robustness_goals.py`` on the runs without extra overrides,
+so that more seeds than the grid's three can be checked in process, e.g. ``--strategies fedavg
+fedmedian fedtrimmedavg multikrum bulyan trusted --seeds 0 1 2 3 4 5 6 7 8 --goals``.
+
 ``--attacks absent`` is a control: the devices that an attack at that fraction would corrupt never
 reply to training, which is what a perfect rejection leaves. ``--keep-metrics DIR`` keeps every
 run's ``metrics.jsonl`` (per-device signals and weights).
@@ -176,6 +180,25 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def goal_table(results: list[dict[str, Any]], last_rounds: int | None = None) -> str:
+    """The goal checks of ``robustness_goals.py`` on the probe's runs of the shipped settings.
+
+    Runs with extra overrides are left out: the goals are about the strategies as configured.
+    The metric is the final central accuracy, or with ``last_rounds`` the mean of that many last
+    rounds.
+    """
+    from robustness_goals import Cell, goal_checks
+
+    table: dict[tuple[str, str, str, str], Cell] = {}
+    for r in results:
+        if r["extra"] or r["attack"] == ABSENT:
+            continue
+        accuracy = r["accuracy"][-last_rounds:] if last_rounds else [r["final"]]
+        key = (r["scenario"], r["attack"], r["strategy"], f"{r['fraction']:.0%}")
+        table.setdefault(key, {})[int(r["seed"])] = sum(accuracy) / len(accuracy)
+    return "\n".join(goal_checks(table))
+
+
 def main() -> None:
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -189,6 +212,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, appended")
     parser.add_argument("--table-only", action="store_true", help="print the table of --out")
+    parser.add_argument(
+        "--goals",
+        action="store_true",
+        help="also print the goal checks (robustness_goals.py) on the runs without overrides",
+    )
     parser.add_argument(
         "--keep-metrics", type=Path, help="copy each run's metrics.jsonl (per-device signals) here"
     )
@@ -231,6 +259,11 @@ def main() -> None:
                                 flush=True,
                             )
     print(table(results))
+    if args.goals:
+        print("\n## Goals (final central accuracy, mean over seeds)\n")
+        print(goal_table(results))
+        print("\n## The same checks on the mean of the last 3 rounds\n")
+        print(goal_table(results, last_rounds=3))
 
 
 if __name__ == "__main__":

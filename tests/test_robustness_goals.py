@@ -1,0 +1,90 @@
+"""The goal checks of the robustness benchmark, on a hand-built grid and on probe records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def _benchmarks_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+
+def _checks(lines: list[str]) -> dict[str, list[str]]:
+    """check text -> the row's cells, for the table rows of ``goal_checks``."""
+    rows = [line.strip("|").split("|") for line in lines if line.startswith("| s |")]
+    return {cells[1].strip(): [c.strip() for c in cells] for cells in rows}
+
+
+TABLE = {
+    ("s", "none", "trusted", "0%"): {0: 0.740, 1: 0.700},
+    ("s", "none", "fedavg", "0%"): {0: 0.756, 1: 0.700},
+    ("s", "alie", "trusted", "20%"): {0: 0.700, 1: 0.690},
+    ("s", "alie", "fedmedian", "20%"): {0: 0.710, 1: 0.720},
+    ("s", "alie", "fedavg", "20%"): {0: 0.600, 1: 0.800, 2: 0.900},  # seed 2: ours did not run
+}
+
+
+def test_goal_checks_compare_means_over_shared_seeds_with_the_stated_tolerances() -> None:
+    from robustness_goals import goal_checks
+
+    # Execute
+    lines = goal_checks(TABLE)
+    checks = _checks(lines)
+    # Assert: no attack 0.720 against FedAvg 0.728, -0.8 points: met within the 1-point
+    # tolerance, on seed 1 alone (seed 0: -1.6 points).
+    clean = checks["no attack: within 1 point of FedAvg"]
+    assert clean[2:] == ["0.720", "FedAvg 0.728", "-0.8", "1 of 2", "yes"]
+    # ALIE: 0.695 against our 0.720 without attack, -2.5 points: met on the mean, and on seed 1
+    # alone (seed 0: -4 points, seed 1: -1).
+    within = checks["alie 20 %: within 3 points of our no-attack result"]
+    assert within[2:] == ["0.695", "ours, no attack 0.720", "-2.5", "1 of 2", "yes"]
+    # Best Flower strategy over the shared seeds 0 and 1: FedAvg 0.700, FedMedian 0.715.
+    best = checks["alie 20 %: at least the best Flower strategy"]
+    assert best[2:] == ["0.695", "fedmedian 0.715", "-2.0", "0 of 2", "**no**"]
+    assert lines[-1] == "2 of 3 checks met."
+
+
+def _record(
+    strategy: str, attack: str, seed: int, accuracy: list[float], extra: list[str] | None = None
+) -> dict[str, Any]:
+    return {
+        "scenario": "s",
+        "strategy": strategy,
+        "attack": attack,
+        "fraction": 0.0 if attack == "none" else 0.2,
+        "seed": seed,
+        "extra": extra or [],
+        "accuracy": accuracy,
+        "final": accuracy[-1],
+    }
+
+
+def test_the_probe_checks_its_runs_of_the_shipped_settings_only() -> None:
+    from robustness_probe import goal_table
+
+    records = [
+        _record("trusted", "none", 0, [0.5, 0.70, 0.72, 0.74]),
+        _record("fedavg", "none", 0, [0.5, 0.80, 0.80, 0.74]),
+        # Neither a variant of ours nor the absent control is "ours".
+        _record("trusted", "none", 0, [0.1, 0.1, 0.1, 0.1], extra=["strategy.x=1"]),
+        _record("trusted", "absent", 0, [0.1, 0.1, 0.1, 0.1]),
+    ]
+    # Execute
+    final = _checks(goal_table(records).splitlines())
+    last3 = _checks(goal_table(records, last_rounds=3).splitlines())
+    # Assert: final 0.74 against 0.74; last 3 rounds 0.72 against 0.78
+    assert final["no attack: within 1 point of FedAvg"][2:4] == ["0.740", "FedAvg 0.740"]
+    assert last3["no attack: within 1 point of FedAvg"][2:] == [
+        "0.720",
+        "FedAvg 0.780",
+        "-6.0",
+        "0 of 1",
+        "**no**",
+    ]
+    assert len(final) == len(last3) == 1
