@@ -7,8 +7,7 @@
 # PARALLEL=4 is the ceiling, more runs at once only share the same cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 WANDB_MODE=offline
-export FL_IOT_DATA_ROOT="${FL_IOT_DATA_ROOT:-$(cd .. && pwd)/shared/data}"
+source benchmarks/offline_env.sh
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 values=("$@")

@@ -9,8 +9,7 @@
 #   bash benchmarks/bench_ray_session.sh true false  # the other order
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 WANDB_MODE=offline
-export FL_IOT_DATA_ROOT="${FL_IOT_DATA_ROOT:-$(cd .. && pwd)/shared/data}"
+source benchmarks/offline_env.sh
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 values=("$@")

@@ -4,8 +4,7 @@
 #   nohup bash benchmarks/run_privacy_grid.sh > privacy.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 WANDB_MODE=offline
-export FL_IOT_DATA_ROOT="${FL_IOT_DATA_ROOT:-$(cd .. && pwd)/shared/data}"
+source benchmarks/offline_env.sh
 SCENARIOS="${SCENARIOS:-healthcare_wearables smart_home}"
 FL_IOT=.venv/bin/fl-iot
 

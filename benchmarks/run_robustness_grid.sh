@@ -14,8 +14,7 @@
 # writes it from the runs there are. The last line says how long the runs took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 WANDB_MODE=offline
-export FL_IOT_DATA_ROOT="${FL_IOT_DATA_ROOT:-$(cd .. && pwd)/shared/data}"
+source benchmarks/offline_env.sh
 SCENARIOS="${SCENARIOS:-healthcare_wearables vehicle_fleet}"
 STRATEGIES="${STRATEGIES:-trusted fedavg fedmedian fedtrimmedavg multikrum bulyan}"
 SEEDS="${SEEDS:-0 1 2}"
