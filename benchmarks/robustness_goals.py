@@ -25,13 +25,17 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from fl_iot.report import KEYS, Summary, load_summaries
+from fl_iot.report import KEYS, Summary, load_summaries, mean_std
 
 OURS = "trusted"
 BASELINE = "fedavg"
 CLEAN_TOLERANCE = 0.01
 ATTACK_TOLERANCE = 0.03
+ABSENT = "absent"
+"""The probe's control, not an attack: the devices an attack would corrupt never reply. What a
+defence that rejects every attacker, and nobody else, is left with."""
 
 
 def sizes(summaries: Sequence[Summary]) -> list[str]:
@@ -187,6 +191,109 @@ def goal_checks(table: dict[tuple[str, str, str, str], Cell]) -> list[str]:
     return lines
 
 
+def probe_cells(
+    records: Sequence[dict[str, Any]], last_rounds: int | None = None
+) -> dict[tuple[str, str, str, str], Cell]:
+    """The cells of ``robustness_probe.py`` records, as :func:`cells` builds them from a grid.
+
+    Only runs of the shipped settings count: runs with extra overrides and the ``absent`` control
+    are left out. The metric is the final central accuracy, or with ``last_rounds`` the mean of
+    that many last rounds.
+    """
+    table: dict[tuple[str, str, str, str], Cell] = defaultdict(dict)
+    for r in records:
+        if r["extra"] or r["attack"] == ABSENT:
+            continue
+        accuracy = r["accuracy"][-last_rounds:] if last_rounds else [r["final"]]
+        key = (r["scenario"], r["attack"], r["strategy"], f"{r['fraction']:.0%}")
+        table[key][int(r["seed"])] = sum(accuracy) / len(accuracy)
+    return table
+
+
+def with_other_fractions(
+    grid: dict[tuple[str, str, str, str], Cell], probe: dict[tuple[str, str, str, str], Cell]
+) -> dict[tuple[str, str, str, str], Cell]:
+    """The grid's cells, and the probe's cells at the attacker fractions the grid did not run.
+
+    The grid's own fractions (its no-attack column included) come from the grid alone, so a probe
+    file with variants of the grid's runs cannot change the grid's results.
+    """
+    fractions = {key[3] for key in grid}
+    return {**grid, **{key: cell for key, cell in probe.items() if key[3] not in fractions}}
+
+
+def _percent(fraction: str) -> float:
+    return float(fraction.rstrip("%"))
+
+
+def fraction_tables(table: dict[tuple[str, str, str, str], Cell]) -> list[str]:
+    """Every attack at every attacker fraction: ours next to each Flower strategy.
+
+    First a summary per scenario and fraction (what the goals ask of 20 %, asked of every
+    fraction), then every cell as mean ± sample std (seeds), one attack's fractions together.
+    Differences are over the seeds both sides ran.
+    """
+    flower = sorted({key[2] for key in table if key[2] != OURS})
+    fractions = sorted({key[3] for key in table if key[3] != "0%"}, key=_percent)
+    summary = [
+        "| scenario | attackers | attacks | ours ≥ best Flower strategy | ours within 3 points "
+        "of our no-attack result | ours, mean over the attacks | best Flower strategy per "
+        "attack, mean | Δ (points) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [
+        f"| scenario | attack | attackers | ours | {' | '.join(flower)} | ours − best Flower "
+        "(points) |",
+        "|---|---|---|---|" + "---|" * len(flower) + "---|",
+    ]
+    for scenario in sorted({key[0] for key in table}):
+        clean = table.get((scenario, "none", OURS, "0%"), {})
+        attacks = sorted({key[1] for key in table if key[0] == scenario and key[1] != "none"})
+        # (fraction, attack) -> ours and the best Flower strategy's means, shared seeds
+        best: dict[tuple[str, str], tuple[float, float]] = {}
+        within: dict[tuple[str, str], bool] = {}
+        for attack in attacks:
+            for fraction in fractions:
+                ours = table.get((scenario, attack, OURS, fraction), {})
+                if not ours:
+                    continue
+                others = {
+                    name: result
+                    for name in flower
+                    if (result := compare(ours, table.get((scenario, attack, name, fraction), {})))
+                }
+                delta = "–"
+                if others:
+                    name, (ours_mean, best_mean, _) = max(
+                        others.items(), key=lambda item: item[1][1]
+                    )
+                    best[fraction, attack] = (ours_mean, best_mean)
+                    delta = f"{100 * (ours_mean - best_mean):+.1f} ({name})"
+                if (result := compare(ours, clean)) is not None:
+                    within[fraction, attack] = result[0] >= result[1] - ATTACK_TOLERANCE
+                cells = [
+                    mean_std(list(table.get((scenario, attack, name, fraction), {}).values()))
+                    for name in flower
+                ]
+                rows.append(
+                    f"| {scenario} | {attack} | {fraction} | {mean_std(list(ours.values()))} | "
+                    f"{' | '.join(cells)} | {delta} |"
+                )
+        for fraction in fractions:
+            pairs = [v for (f, _), v in best.items() if f == fraction]
+            if not pairs:
+                continue
+            ours_mean = statistics.mean(p[0] for p in pairs)
+            best_mean = statistics.mean(p[1] for p in pairs)
+            summary.append(
+                f"| {scenario} | {fraction} | {len(pairs)} | "
+                f"{sum(p[0] >= p[1] for p in pairs)} | "
+                f"{sum(ok for (f, _), ok in within.items() if f == fraction)} | "
+                f"{ours_mean:.3f} | {best_mean:.3f} | {100 * (ours_mean - best_mean):+.1f} |"
+            )
+    return [*summary, "", *rows]
+
+
 def attacker_weight(summary: Summary) -> tuple[float, float]:
     """Mean over rounds of the attackers' share of the aggregate weight and of the replies.
 
@@ -225,6 +332,13 @@ def weight_kept(summaries: Sequence[Summary], fraction: str = "20%") -> list[str
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directories", nargs="+", type=Path)
+    parser.add_argument(
+        "--probe",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="robustness_probe.py output files whose attacker fractions the grid did not run",
+    )
     args = parser.parse_args(argv)
     summaries = load_summaries(args.directories)
     print("\n## Sizes\n")
@@ -254,6 +368,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         "the replies.\n"
     )
     print("\n".join(weight_kept(summaries)))
+    if args.probe:
+        records = [json.loads(line) for path in args.probe for line in path.open()]
+        table = cells(summaries, final_accuracy)
+        grid_fractions = {key[3] for key in table}
+        table = with_other_fractions(table, probe_cells(records))
+        print(
+            "\n## Every attacker fraction\n\n"
+            f"The grid runs {', '.join(sorted(grid_fractions - {'0%'}, key=_percent))}; the other "
+            "fractions are in-process runs of `benchmarks/robustness_probe.py` (the same server "
+            "loop, ClientApp, sizes and seeds as the grid: it reproduces the grid's runs to the "
+            f"last digit), from {', '.join(str(p) for p in args.probe)}. Final central "
+            "accuracy. The summary asks of every fraction what the goals ask of 20 %.\n"
+        )
+        print("\n".join(fraction_tables(table)))
 
 
 if __name__ == "__main__":

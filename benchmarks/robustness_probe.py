@@ -42,10 +42,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from robustness_goals import ABSENT, goal_checks, probe_cells
+
 ATTACKS = ("sign_flip", "gaussian", "scaling", "label_flip", "alie", "ipm", "weight_inflation")
-ABSENT = "absent"
-"""A control, not an attack: the devices an attack would corrupt never reply. What a defence that
-rejects every attacker, and nobody else, is left with."""
 
 
 def run_key(
@@ -187,16 +186,7 @@ def goal_table(results: list[dict[str, Any]], last_rounds: int | None = None) ->
     The metric is the final central accuracy, or with ``last_rounds`` the mean of that many last
     rounds.
     """
-    from robustness_goals import Cell, goal_checks
-
-    table: dict[tuple[str, str, str, str], Cell] = {}
-    for r in results:
-        if r["extra"] or r["attack"] == ABSENT:
-            continue
-        accuracy = r["accuracy"][-last_rounds:] if last_rounds else [r["final"]]
-        key = (r["scenario"], r["attack"], r["strategy"], f"{r['fraction']:.0%}")
-        table.setdefault(key, {})[int(r["seed"])] = sum(accuracy) / len(accuracy)
-    return "\n".join(goal_checks(table))
+    return "\n".join(goal_checks(probe_cells(results, last_rounds)))
 
 
 def main() -> None:

@@ -88,3 +88,53 @@ def test_the_probe_checks_its_runs_of_the_shipped_settings_only() -> None:
         "**no**",
     ]
     assert len(final) == len(last3) == 1
+
+
+FRACTIONS = {
+    ("s", "none", "trusted", "0%"): {0: 0.740, 1: 0.700},
+    ("s", "alie", "trusted", "10%"): {0: 0.730, 1: 0.700},
+    ("s", "alie", "fedavg", "10%"): {0: 0.700, 1: 0.690},
+    ("s", "alie", "fedmedian", "10%"): {0: 0.720, 1: 0.690},
+    ("s", "ipm", "trusted", "10%"): {0: 0.530, 1: 0.700},
+    ("s", "ipm", "fedavg", "10%"): {0: 0.600, 1: 0.690},
+    ("s", "alie", "trusted", "30%"): {0: 0.650, 1: 0.630},
+    ("s", "alie", "fedavg", "30%"): {0: 0.700, 1: 0.660},
+    ("s", "alie", "fedmedian", "30%"): {0: 0.600},  # one seed: compared on seed 0 alone
+}
+
+
+def test_fraction_tables_summarise_each_fraction_and_list_every_cell() -> None:
+    from robustness_goals import fraction_tables
+
+    # Execute
+    lines = fraction_tables(FRACTIONS)
+    # Assert: at 10 %, ALIE 0.715 against FedMedian 0.705 (met, and within 3 points of our 0.720
+    # without attack); IPM 0.615 against FedAvg 0.645 (neither). Means 0.665 against 0.675.
+    assert "| s | 10% | 2 | 1 | 1 | 0.665 | 0.675 | -1.0 |" in lines
+    # At 30 % the best Flower strategy is FedAvg, 0.680 over the shared seeds; FedMedian's 0.600
+    # is on seed 0 only, where ours has 0.650.
+    assert "| s | 30% | 1 | 0 | 0 | 0.640 | 0.680 | -4.0 |" in lines
+    assert (
+        "| s | alie | 10% | 0.715 ± 0.021 (2) | 0.695 ± 0.007 (2) | 0.705 ± 0.021 (2) "
+        "| +1.0 (fedmedian) |"
+    ) in lines
+    assert "| s | ipm | 10% | 0.615 ± 0.120 (2) | 0.645 ± 0.064 (2) | – | -3.0 (fedavg) |" in lines
+    # One attack's fractions are listed together.
+    rows = [line for line in lines if line.startswith("| s | alie |") or "| ipm |" in line]
+    assert [r.split(" | ")[1:3] for r in rows] == [["alie", "10%"], ["alie", "30%"], ["ipm", "10%"]]
+
+
+def test_probe_runs_add_only_the_fractions_the_grid_did_not_run() -> None:
+    from robustness_goals import probe_cells, with_other_fractions
+
+    grid = {("s", "none", "trusted", "0%"): {0: 0.74}, ("s", "alie", "trusted", "20%"): {0: 0.7}}
+    records = [
+        {**_record("trusted", "alie", 0, [0.5, 0.1]), "fraction": 0.2},  # the grid has 20 %
+        {**_record("trusted", "alie", 0, [0.5, 0.6]), "fraction": 0.3},
+        {**_record("trusted", "none", 1, [0.5, 0.9])},  # the grid has the no-attack column
+        {**_record("trusted", "alie", 1, [0.5, 0.2], extra=["x=1"]), "fraction": 0.3},
+    ]
+    # Execute
+    merged = with_other_fractions(grid, probe_cells(records))
+    # Assert
+    assert merged == {**grid, ("s", "alie", "trusted", "30%"): {0: 0.6}}
