@@ -19,16 +19,7 @@ from strategies import reliability as R
 from strategies.arrays import ArrayFormatError, ModelSpec, to_arrayrecord, weighted_average
 from strategies.reliability import ReliabilityTracker
 from strategies.report import device_entry, device_order
-from strategies.scoring import (
-    AnomalyThresholds,
-    SamplePlan,
-    agreement_quality,
-    agreement_z,
-    cosine_z,
-    gather_sample,
-    output_layer_cosine,
-    update_statistics,
-)
+from strategies.scoring import AnomalyThresholds, agreement_among, agreement_quality
 from strategies.validation import (
     FAILED,
     ParsedReply,
@@ -425,18 +416,17 @@ class ReliabilityWeightedFedAvg(FedAvg):
     def _direction_z(
         self, server_round: int, parsed: list[ParsedReply], spec: ModelSpec, norms: np.ndarray
     ) -> np.ndarray:
-        if len(parsed) < 3:
-            return np.full(len(parsed), np.nan)  # no robust reference: not scored
-        plan = SamplePlan.draw(spec, self.sample_size, self.seed, server_round)
-        sample = gather_sample([p.arrays for p in parsed], spec, plan)
-        stats = update_statistics(sample, norms, with_nearest=False)
-        output = output_layer_cosine(
-            [p.arrays for p in parsed], spec, self.sample_size, self.seed, server_round
+        # The same robust z-scores as AnomalyRejection's direction signals, default floors; NaN
+        # below 3 replies (no robust reference: not scored).
+        return agreement_among(
+            [p.arrays for p in parsed],
+            spec,
+            norms,
+            self.sample_size,
+            self.seed,
+            server_round,
+            AnomalyThresholds(),
         )
-        # The same robust z-scores as AnomalyRejection's direction signals, default floors.
-        t = AnomalyThresholds()
-        whole = cosine_z(stats.cosine, t)
-        return whole if output is None else agreement_z(whole, cosine_z(output, t))
 
     @staticmethod
     def _average(

@@ -515,6 +515,8 @@ class AnomalyScores:
     signals: dict[str, np.ndarray] = field(default_factory=dict)
     reasons: list[str | None] = field(default_factory=list)
     rejected: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    causes: list[str | None] = field(default_factory=list)
+    """The signal (a key of ``signals``) that rejected each update; ``None`` when accepted."""
 
     @property
     def agreement_z(self) -> np.ndarray:
@@ -590,14 +592,33 @@ def anomaly_scores(
         keep = np.argsort(-score, kind="stable")[:limit]
         rejected = np.zeros(n, dtype=bool)
         rejected[keep] = True
-    reasons: list[str | None] = []
-    for i in range(n):
-        if not rejected[i]:
-            reasons.append(None)
-            continue
-        top = names[int(np.argmax(table[:, i]))]
-        reasons.append(_describe(top, signals[top][i], t))
-    return AnomalyScores(score, signals, reasons, rejected)
+    causes = [names[int(np.argmax(table[:, i]))] if rejected[i] else None for i in range(n)]
+    reasons = [None if c is None else _describe(c, signals[c][i], t) for i, c in enumerate(causes)]
+    return AnomalyScores(score, signals, reasons, rejected, causes)
+
+
+def agreement_among(
+    updates: Sequence[dict[str, np.ndarray]],
+    spec: ModelSpec,
+    norms: np.ndarray,
+    sample_size: int,
+    seed: int,
+    server_round: int,
+    thresholds: AnomalyThresholds,
+) -> np.ndarray:
+    """The :func:`agreement_z` of each update, judged among these updates only.
+
+    The same sampled coordinates and output layer as the round's scoring (``seed`` and
+    ``server_round`` choose them), and the same robust z-scores; NaN for fewer than 3 updates (no
+    robust reference).
+    """
+    if len(updates) < 3:
+        return np.full(len(updates), np.nan)
+    plan = SamplePlan.draw(spec, sample_size, seed, server_round)
+    stats = update_statistics(gather_sample(updates, spec, plan), norms, with_nearest=False)
+    output = output_layer_cosine(updates, spec, sample_size, seed, server_round)
+    whole = cosine_z(stats.cosine, thresholds)
+    return whole if output is None else agreement_z(whole, cosine_z(output, thresholds))
 
 
 def cosine_z(cosine: np.ndarray, thresholds: AnomalyThresholds) -> np.ndarray:
