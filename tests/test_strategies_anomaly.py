@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -245,3 +246,42 @@ def test_bad_parameters_raise(kwargs: dict[str, object], message: str) -> None:
 def test_is_a_flower_strategy_with_the_start_loop() -> None:
     strategy = AnomalyRejection(FedAvg())
     assert isinstance(strategy, Strategy) and callable(strategy.start)
+
+
+def _trusted_round(replies: list[Message], rescore_accepted: bool = False) -> dict[str, Any]:
+    """The report of one round of ``strategy=trusted``'s two strategies on ``replies``."""
+    strategy = AnomalyRejection(
+        ReliabilityWeightedFedAvg(min_available_nodes=10), rescore_accepted=rescore_accepted
+    )
+    configure(strategy, 1, GLOBAL, NODES)
+    strategy.aggregate_train(1, replies)
+    return strategy.round_report(1)
+
+
+def _mean_directions(report: dict[str, Any]) -> dict[str, float]:
+    """The honest devices' (0-8) mean direction z-scores in a round report."""
+    return {str(i): report["devices"][str(i)]["mean_direction_z"] for i in range(9)}
+
+
+def test_rescore_accepted_judges_the_honest_as_if_a_refused_flipper_had_not_replied() -> None:
+    # Prepare: device 9 sends the honest direction reversed
+    rng = np.random.default_rng(0)
+    flipped = reply(NODES[9], {"w": -rng.standard_normal(D).astype(np.float32)}, 75, device=9)
+    # Execute
+    rescored = _trusted_round([*_honest(), flipped], rescore_accepted=True)
+    shipped = _mean_directions(_trusted_round([*_honest(), flipped]))
+    without = _mean_directions(_trusted_round(_honest()))
+    # Assert: refused for its direction; judged among themselves, the honest devices score as
+    # in a round without it, while the shipped scoring lets it shift their reference
+    assert "direction" in rescored["rejected"]["9"]
+    assert _mean_directions(rescored) == pytest.approx(without, abs=1e-9)
+    assert max(abs(shipped[d] - without[d]) for d in without) > 1e-3
+
+
+def test_rescore_accepted_leaves_rounds_with_only_norm_rejections_alone() -> None:
+    # Execute: the booster points like the honest devices and is refused for its norm
+    rescored = _trusted_round([*_honest(), _boosted()], rescore_accepted=True)
+    shipped = _trusted_round([*_honest(), _boosted()])
+    # Assert
+    assert "norm" in rescored["rejected"]["9"]
+    assert _mean_directions(rescored) == _mean_directions(shipped)
