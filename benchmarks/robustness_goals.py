@@ -137,6 +137,29 @@ def goals(summaries: Sequence[Summary], metric: Callable[[Summary], float]) -> l
     return goal_checks(cells(summaries, metric))
 
 
+def best_flower(
+    table: dict[tuple[str, str, str, str], Cell],
+    scenario: str,
+    attack: str,
+    fraction: str,
+    ours: Cell,
+) -> tuple[str, tuple[float, float, list[float]]] | None:
+    """The Flower strategy with the highest mean on the seeds it shares with ``ours``.
+
+    Returns its name and the :func:`compare` result against it; ``None`` when no Flower strategy
+    of that cell shares a seed with ``ours``.
+    """
+    flower = {
+        key[2]: result
+        for key, cell in table.items()
+        if key[0] == scenario and key[1] == attack and key[3] == fraction and key[2] != OURS
+        if (result := compare(ours, cell)) is not None
+    }
+    if not flower:
+        return None
+    return max(flower.items(), key=lambda item: item[1][1])
+
+
 def goal_checks(table: dict[tuple[str, str, str, str], Cell]) -> list[str]:
     """The goal table: ours at 20 % against its no-attack result and the best Flower strategy.
 
@@ -181,14 +204,8 @@ def goal_checks(table: dict[tuple[str, str, str, str], Cell]) -> list[str]:
             if (result := compare(ours, clean_ours)) is not None:
                 what = f"{attack} 20 %: within 3 points of our no-attack result"
                 check(scenario, what, result, "ours, no attack", ATTACK_TOLERANCE)
-            flower = {
-                key[2]: result
-                for key, cell in table.items()
-                if key[0] == scenario and key[1] == attack and key[3] == "20%" and key[2] != OURS
-                if (result := compare(ours, cell)) is not None
-            }
-            if flower:
-                name, result = max(flower.items(), key=lambda item: item[1][1])
+            if (found := best_flower(table, scenario, attack, "20%", ours)) is not None:
+                name, result = found
                 what = f"{attack} 20 %: at least the best Flower strategy"
                 check(scenario, what, result, name, 0.0)
     lines.append("")
@@ -262,16 +279,9 @@ def fraction_tables(table: dict[tuple[str, str, str, str], Cell]) -> list[str]:
                 ours = table.get((scenario, attack, OURS, fraction), {})
                 if not ours:
                     continue
-                others = {
-                    name: result
-                    for name in flower
-                    if (result := compare(ours, table.get((scenario, attack, name, fraction), {})))
-                }
                 delta = "–"
-                if others:
-                    name, (ours_mean, best_mean, _) = max(
-                        others.items(), key=lambda item: item[1][1]
-                    )
+                if (found := best_flower(table, scenario, attack, fraction, ours)) is not None:
+                    name, (ours_mean, best_mean, _) = found
                     best[fraction, attack] = (ours_mean, best_mean)
                     delta = f"{100 * (ours_mean - best_mean):+.1f} ({name})"
                 if (result := compare(ours, clean)) is not None:
