@@ -4,8 +4,11 @@
     .venv/bin/python benchmarks/robustness_goals.py multirun/robustness \
         --probe multirun/fractions/probe_0.1.jsonl multirun/fractions/probe_0.3.jsonl
 
-``--probe`` adds the attacker fractions the grid does not run (10 and 30 %), from in-process runs
-of ``robustness_probe.py``: every attack at every fraction, ours next to each Flower strategy.
+``--probe`` adds in-process runs of ``robustness_probe.py`` (the same server loop and ClientApp;
+they reproduce the grid's runs to the last digit): the attacker fractions the grid does not run
+(10 and 30 %, every attack at every fraction, ours next to each Flower strategy), and seeds it
+does not run at its own fractions (the goals again, over every seed; the grid's own sections are
+left as the grid ran them).
 
 Goals (issue 3), on the final central accuracy, mean over seeds:
 
@@ -14,9 +17,13 @@ Goals (issue 3), on the final central accuracy, mean over seeds:
   good as the best of Flower's strategies on that attack;
 - 30 and 40 %: reported, no goal.
 
-Each check also counts the seeds on which it holds (ours against the same seed's run): with 3
-seeds and round-to-round swings of several points, a mean that misses by a point while 2 of 3
-seeds meet it is a different finding from a miss on every seed.
+Each check also counts the seeds on which it holds (ours against the same seed's run), and gives
+the 95 % Student-t interval of the mean per-seed difference: with round-to-round swings of
+several points, a mean that misses by a point while the interval reaches well past the goal is
+a different finding from a miss on every seed. A miss whose interval reaches the goal is marked
+as within the seeds' spread. (Against "the best Flower strategy" the best of five means is
+picked after the fact, which favours it a little: its interval is, if anything, optimistic for
+Flower.)
 
 The sizes (devices, rounds, devices per round, local training, wall time per run) are read from
 the runs' own ``summary.json``, so they cannot drift from what ran.
@@ -26,11 +33,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from scipy.stats import t as student_t
 
 from fl_iot.report import KEYS, Summary, load_summaries, mean_std
 
@@ -132,6 +142,22 @@ def compare(ours: Cell, other: Cell) -> tuple[float, float, list[float]] | None:
     )
 
 
+def paired_interval(
+    differences: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float] | None:
+    """Student-t interval of the mean of per-seed differences; ``None`` for fewer than 2 seeds.
+
+    The seeds are the pairs: both sides of a difference ran the same fleet and attackers.
+    """
+    n = len(differences)
+    if n < 2:
+        return None
+    mean = statistics.mean(differences)
+    half = float(student_t.ppf(0.5 + confidence / 2, n - 1)) * statistics.stdev(differences)
+    half /= math.sqrt(n)
+    return mean - half, mean + half
+
+
 def goals(summaries: Sequence[Summary], metric: Callable[[Summary], float]) -> list[str]:
     """The goal table of a multirun directory's runs (see :func:`goal_checks`)."""
     return goal_checks(cells(summaries, metric))
@@ -169,10 +195,11 @@ def goal_checks(table: dict[tuple[str, str, str, str], Cell]) -> list[str]:
     not comparable.
     """
     lines = [
-        "| scenario | check | ours | against | Δ (points) | seeds meeting it | goal met |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | check | ours | against | Δ (points) | 95 % interval of Δ | "
+        "seeds meeting it | goal met |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    met = total = 0
+    met = total = within_seeds = 0
 
     def check(
         scenario: str,
@@ -181,15 +208,19 @@ def goal_checks(table: dict[tuple[str, str, str, str], Cell]) -> list[str]:
         name: str,
         tolerance: float,
     ) -> None:
-        nonlocal met, total
+        nonlocal met, total, within_seeds
         ours, other, differences = result
         ok = ours >= other - tolerance
         seeds_ok = sum(d >= -tolerance for d in differences)
-        met, total = met + ok, total + 1
+        interval = paired_interval(differences)
+        undecided = not ok and interval is not None and interval[1] >= -tolerance
+        met, total, within_seeds = met + ok, total + 1, within_seeds + undecided
+        verdict = "yes" if ok else "**no**, within the seeds' spread" if undecided else "**no**"
+        shown = "–" if interval is None else f"{100 * interval[0]:+.1f} … {100 * interval[1]:+.1f}"
         lines.append(
             f"| {scenario} | {what} | {ours:.3f} | {name} {other:.3f} | "
-            f"{100 * (ours - other):+.1f} | {seeds_ok} of {len(differences)} | "
-            f"{'yes' if ok else '**no**'} |"
+            f"{100 * (ours - other):+.1f} | {shown} | {seeds_ok} of {len(differences)} | "
+            f"{verdict} |"
         )
 
     for scenario in sorted({key[0] for key in table}):
@@ -209,7 +240,13 @@ def goal_checks(table: dict[tuple[str, str, str, str], Cell]) -> list[str]:
                 what = f"{attack} 20 %: at least the best Flower strategy"
                 check(scenario, what, result, name, 0.0)
     lines.append("")
-    lines.append(f"{met} of {total} checks met.")
+    summary = f"{met} of {total} checks met."
+    if met < total:
+        summary += (
+            " Misses within the seeds' spread (the 95 % interval of the per-seed difference "
+            f"reaches the goal): {within_seeds} of {total - met}."
+        )
+    lines.append(summary)
     return lines
 
 
@@ -242,6 +279,36 @@ def with_other_fractions(
     """
     fractions = {key[3] for key in grid}
     return {**grid, **{key: cell for key, cell in probe.items() if key[3] not in fractions}}
+
+
+def with_more_seeds(
+    grid: dict[tuple[str, str, str, str], Cell], probe: dict[tuple[str, str, str, str], Cell]
+) -> dict[tuple[str, str, str, str], Cell]:
+    """The grid's cells with the probe's seeds added, at the grid's own fractions only.
+
+    A seed the grid ran comes from the grid alone, so a probe file cannot change the grid's runs.
+    """
+    fractions = {key[3] for key in grid}
+    merged = {key: dict(cell) for key, cell in grid.items()}
+    for key, cell in probe.items():
+        if key[3] in fractions:
+            merged[key] = {**cell, **merged.get(key, {})}
+    return merged
+
+
+def _seeds(table: dict[tuple[str, str, str, str], Cell]) -> set[int]:
+    return {seed for cell in table.values() for seed in cell}
+
+
+def _ranges(seeds: set[int]) -> str:
+    """``{0, 1, 2, 5}`` as ``"0–2, 5"``."""
+    spans: list[list[int]] = []
+    for seed in sorted(seeds):
+        if spans and seed == spans[-1][1] + 1:
+            spans[-1][1] = seed
+        else:
+            spans.append([seed, seed])
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in spans)
 
 
 def _percent(fraction: str) -> float:
@@ -386,6 +453,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.probe:
         records = [json.loads(line) for path in args.probe for line in path.open()]
         table = cells(summaries, final_accuracy)
+        grid_seeds = _seeds(table)
+        more = with_more_seeds(table, probe_cells(records))
+        if _seeds(more) != grid_seeds:
+            last = with_more_seeds(cells(summaries, last_rounds_accuracy), probe_cells(records, 3))
+            print(
+                f"\n## Goals over seeds {_ranges(_seeds(more))}\n\n"
+                f"The checks above on the grid's seeds ({_ranges(grid_seeds)}) and the in-process "
+                f"runs of the other seeds, from {', '.join(str(p) for p in args.probe)} (the "
+                "grid's own runs where both ran a seed). Final central accuracy, mean over the "
+                "seeds both sides of a check ran.\n"
+            )
+            print("\n".join(goal_checks(more)))
+            print("\nOn the mean central accuracy of the last 3 rounds: " + goal_checks(last)[-1])
         grid_fractions = {key[3] for key in table}
         table = with_other_fractions(table, probe_cells(records))
         print(

@@ -12,12 +12,19 @@
 # STRATEGIES, SCENARIOS, SEEDS, FRACTIONS and PARALLEL select a part of the grid; GRID_DIR puts
 # its runs elsewhere than multirun/robustness; SKIP_REPORT=1 skips the report; REPORT_ONLY=1
 # writes it from the runs there are. The last line says how long the runs took.
-# PROBE_RUNS (default: multirun/fractions/*.jsonl, if any) adds the attacker fractions the grid
-# does not run (10 % and 30 %), run in process by robustness_probe.py, to the report:
+# PROBE_RUNS (default: multirun/fractions/*.jsonl and multirun/seeds/*.jsonl, if any) adds runs
+# of robustness_probe.py (in process) to the report: the attacker fractions the grid does not run
+# (10 % and 30 %),
 #   .venv/bin/python benchmarks/robustness_probe.py --scenario healthcare_wearables vehicle_fleet \
 #       --strategies fedavg fedmedian fedtrimmedavg multikrum bulyan trusted --attacks sign_flip \
 #       gaussian scaling label_flip alie ipm weight_inflation --fractions 0.1 --seeds 0 1 2 \
 #       --out multirun/fractions/probe_0.1.jsonl          (and the same with 0.3)
+# and seeds 3-8 at 20 % (the goals again, over 9 seeds):
+#   .venv/bin/python benchmarks/robustness_probe.py --scenario healthcare_wearables \
+#       --strategies fedavg fedmedian fedtrimmedavg multikrum bulyan trusted --attacks none \
+#       sign_flip gaussian scaling label_flip alie ipm weight_inflation --fractions 0.2 \
+#       --seeds 3 4 5 6 7 8 --out multirun/seeds/probe_seeds3-8_healthcare_wearables.jsonl
+#       (and the same with vehicle_fleet)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/offline_env.sh
@@ -27,7 +34,7 @@ SEEDS="${SEEDS:-0 1 2}"
 FRACTIONS="${FRACTIONS:-0.2 0.4}"
 PARALLEL="${PARALLEL:-4}"
 GRID_DIR="${GRID_DIR:-multirun/robustness}"
-PROBE_RUNS="${PROBE_RUNS-$(ls multirun/fractions/*.jsonl 2> /dev/null || true)}"
+PROBE_RUNS="${PROBE_RUNS-$(ls multirun/fractions/*.jsonl multirun/seeds/*.jsonl 2> /dev/null || true)}"
 export GRID_DIR
 mkdir -p "$GRID_DIR/logs"
 

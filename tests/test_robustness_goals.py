@@ -37,17 +37,52 @@ def test_goal_checks_compare_means_over_shared_seeds_with_the_stated_tolerances(
     lines = goal_checks(TABLE)
     checks = _checks(lines)
     # Assert: no attack 0.720 against FedAvg 0.728, -0.8 points: met within the 1-point
-    # tolerance, on seed 1 alone (seed 0: -1.6 points).
+    # tolerance, on seed 1 alone (seed 0: -1.6 points). Per-seed differences -1.6 and 0: mean
+    # -0.8, sd 1.131, t(0.975, 1 df) = 12.706, half-width 12.706 * 1.131 / sqrt(2) = 10.17.
     clean = checks["no attack: within 1 point of FedAvg"]
-    assert clean[2:] == ["0.720", "FedAvg 0.728", "-0.8", "1 of 2", "yes"]
+    assert clean[2:] == ["0.720", "FedAvg 0.728", "-0.8", "-11.0 … +9.4", "1 of 2", "yes"]
     # ALIE: 0.695 against our 0.720 without attack, -2.5 points: met on the mean, and on seed 1
-    # alone (seed 0: -4 points, seed 1: -1).
+    # alone (seed 0: -4 points, seed 1: -1; sd 2.121, half-width 19.06).
     within = checks["alie 20 %: within 3 points of our no-attack result"]
-    assert within[2:] == ["0.695", "ours, no attack 0.720", "-2.5", "1 of 2", "yes"]
-    # Best Flower strategy over the shared seeds 0 and 1: FedAvg 0.700, FedMedian 0.715.
+    assert within[2:] == [
+        "0.695",
+        "ours, no attack 0.720",
+        "-2.5",
+        "-21.6 … +16.6",
+        "1 of 2",
+        "yes",
+    ]
+    # Best Flower strategy over the shared seeds 0 and 1: FedAvg 0.700, FedMedian 0.715. A miss
+    # of 2 points on both seeds, but two seeds cannot tell it from 0 (half-width 12.71).
     best = checks["alie 20 %: at least the best Flower strategy"]
-    assert best[2:] == ["0.695", "fedmedian 0.715", "-2.0", "0 of 2", "**no**"]
-    assert lines[-1] == "2 of 3 checks met."
+    assert best[2:] == [
+        "0.695",
+        "fedmedian 0.715",
+        "-2.0",
+        "-14.7 … +10.7",
+        "0 of 2",
+        "**no**, within the seeds' spread",
+    ]
+    assert lines[-1] == (
+        "2 of 3 checks met. Misses within the seeds' spread (the 95 % interval of the "
+        "per-seed difference reaches the goal): 1 of 1."
+    )
+
+
+def test_a_miss_on_every_seed_is_beyond_what_the_seeds_decide() -> None:
+    from robustness_goals import goal_checks
+
+    table = {
+        ("s", "none", "trusted", "0%"): {0: 0.70, 1: 0.71, 2: 0.72},
+        ("s", "none", "fedavg", "0%"): {0: 0.75, 1: 0.76, 2: 0.78},
+    }
+    # Execute
+    lines = goal_checks(table)
+    # Assert: differences -5, -5, -6 points: mean -5.33, sd 0.577, t(0.975, 2 df) = 4.303,
+    # half-width 4.303 * 0.577 / sqrt(3) = 1.43; the interval ends below the -1 tolerance.
+    row = _checks(lines)["no attack: within 1 point of FedAvg"]
+    assert row[4:] == ["-5.3", "-6.8 … -3.9", "0 of 3", "**no**"]
+    assert lines[-1].endswith("reaches the goal): 0 of 1.")
 
 
 def _record(
@@ -84,6 +119,7 @@ def test_the_probe_checks_its_runs_of_the_shipped_settings_only() -> None:
         "0.720",
         "FedAvg 0.780",
         "-6.0",
+        "–",  # one seed: no interval
         "0 of 1",
         "**no**",
     ]
@@ -138,3 +174,25 @@ def test_probe_runs_add_only_the_fractions_the_grid_did_not_run() -> None:
     merged = with_other_fractions(grid, probe_cells(records))
     # Assert
     assert merged == {**grid, ("s", "alie", "trusted", "30%"): {0: 0.6}}
+
+
+def test_probe_runs_add_seeds_at_the_grid_fractions_and_never_replace_the_grid_runs() -> None:
+    from robustness_goals import probe_cells, with_more_seeds
+
+    grid = {("s", "none", "trusted", "0%"): {0: 0.74}, ("s", "alie", "trusted", "20%"): {0: 0.7}}
+    records = [
+        {**_record("trusted", "alie", 0, [0.5, 0.1]), "fraction": 0.2},  # the grid ran seed 0
+        {**_record("trusted", "alie", 1, [0.5, 0.6]), "fraction": 0.2},
+        {**_record("fedavg", "alie", 1, [0.5, 0.65]), "fraction": 0.2},  # a cell new to the grid
+        {**_record("trusted", "none", 1, [0.5, 0.9])},
+        {**_record("trusted", "alie", 1, [0.5, 0.3]), "fraction": 0.3},  # not a grid fraction
+    ]
+    # Execute
+    merged = with_more_seeds(grid, probe_cells(records))
+    # Assert
+    assert merged == {
+        ("s", "none", "trusted", "0%"): {0: 0.74, 1: 0.9},
+        ("s", "alie", "trusted", "20%"): {0: 0.7, 1: 0.6},
+        ("s", "alie", "fedavg", "20%"): {1: 0.65},
+    }
+    assert grid[("s", "alie", "trusted", "20%")] == {0: 0.7}  # the grid's table is left as it was
