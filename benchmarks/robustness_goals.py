@@ -451,32 +451,50 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print("\n".join(weight_kept(summaries)))
     if args.probe:
-        records = [json.loads(line) for path in args.probe for line in path.open()]
+        runs = {path: [json.loads(line) for line in path.open()] for path in args.probe}
+        records = [r for file_records in runs.values() for r in file_records]
         table = cells(summaries, final_accuracy)
         grid_seeds = _seeds(table)
+        grid_fractions = {key[3] for key in table}
         more = with_more_seeds(table, probe_cells(records))
         if _seeds(more) != grid_seeds:
             last = with_more_seeds(cells(summaries, last_rounds_accuracy), probe_cells(records, 3))
+            sources = _sources(
+                runs, lambda key, seed: key[3] in grid_fractions and seed not in grid_seeds
+            )
             print(
                 f"\n## Goals over seeds {_ranges(_seeds(more))}\n\n"
-                f"The checks above on the grid's seeds ({_ranges(grid_seeds)}) and the in-process "
-                f"runs of the other seeds, from {', '.join(str(p) for p in args.probe)} (the "
-                "grid's own runs where both ran a seed). Final central accuracy, mean over the "
-                "seeds both sides of a check ran.\n"
+                f"The checks above over the grid's seeds ({_ranges(grid_seeds)}) and in-process "
+                "runs of `benchmarks/robustness_probe.py` for the other seeds (the same server "
+                "loop, ClientApp and sizes: it reproduces the grid's runs to the last digit), from "
+                f"{sources}. Final central accuracy, mean over the seeds both sides of a check "
+                "ran.\n"
             )
             print("\n".join(goal_checks(more)))
             print("\nOn the mean central accuracy of the last 3 rounds: " + goal_checks(last)[-1])
-        grid_fractions = {key[3] for key in table}
         table = with_other_fractions(table, probe_cells(records))
+        sources = _sources(runs, lambda key, seed: key[3] not in grid_fractions)
         print(
             "\n## Every attacker fraction\n\n"
             f"The grid runs {', '.join(sorted(grid_fractions - {'0%'}, key=_percent))}; the other "
             "fractions are in-process runs of `benchmarks/robustness_probe.py` (the same server "
             "loop, ClientApp, sizes and seeds as the grid: it reproduces the grid's runs to the "
-            f"last digit), from {', '.join(str(p) for p in args.probe)}. Final central "
-            "accuracy. The summary asks of every fraction what the goals ask of 20 %.\n"
+            f"last digit), from {sources}. Final central accuracy. The summary asks of every "
+            "fraction what the goals ask of 20 %.\n"
         )
         print("\n".join(fraction_tables(table)))
+
+
+def _sources(
+    runs: dict[Path, list[dict[str, Any]]],
+    used: Callable[[tuple[str, str, str, str], int], bool],
+) -> str:
+    """The probe files with a cell that ``used(key, seed)`` takes, as a comma-separated list."""
+    return ", ".join(
+        str(path)
+        for path, records in runs.items()
+        if any(used(key, seed) for key, cell in probe_cells(records).items() for seed in cell)
+    )
 
 
 if __name__ == "__main__":
