@@ -108,9 +108,12 @@ class AnomalyRejection(Strategy):
         and a wrapped :class:`~strategies.ReliabilityWeightedFedAvg`'s quality, so that refused
         colluders no longer shift the reference the others are judged against. Updates refused
         for their norm point like honest ones (scaling) and are left in. Healthcare, 9 seeds:
-        ALIE 0.741 against 0.721, IPM 0.734 against 0.724, scaling 0.717 against 0.730; vehicle
-        fleet: IPM 0.668 against 0.656, the rest within 0.3 points (benchmarks/README.md,
-        "Robustness at 10 % and 30 % attackers").
+        ALIE 0.741 against 0.721, IPM 0.734 against 0.724, but sign flip 0.680 against 0.699,
+        scaling 0.717 against 0.730, label flip 0.709 against 0.718; vehicle fleet: IPM 0.668
+        against 0.656, the rest within 0.3 points. It helps when the refused updates are
+        colluders and hurts when honest devices were refused with them: their look-alikes then
+        seem more deviant among the accepted (benchmarks/README.md, "Robustness at 10 % and 30 %
+        attackers").
     tracker : ReliabilityTracker or None
         Where outcomes and anomaly shares are recorded. ``None``: the wrapped strategy's tracker
         when it has one, else a new one. A tracker given here is also installed in a wrapped
