@@ -248,12 +248,12 @@ def test_is_a_flower_strategy_with_the_start_loop() -> None:
     assert isinstance(strategy, Strategy) and callable(strategy.start)
 
 
-def _trusted_round(replies: list[Message], rescore_accepted: bool = False) -> dict[str, Any]:
+def _trusted_round(replies: list[Message], rescore_accepted: bool) -> dict[str, Any]:
     """The report of one round of ``strategy=trusted``'s two strategies on ``replies``."""
     strategy = AnomalyRejection(
-        ReliabilityWeightedFedAvg(min_available_nodes=10), rescore_accepted=rescore_accepted
+        ReliabilityWeightedFedAvg(min_available_nodes=9), rescore_accepted=rescore_accepted
     )
-    configure(strategy, 1, GLOBAL, NODES)
+    configure(strategy, 1, GLOBAL, [*NODES, *COLLUDER_NODES])
     strategy.aggregate_train(1, replies)
     return strategy.round_report(1)
 
@@ -263,25 +263,44 @@ def _mean_directions(report: dict[str, Any]) -> dict[str, float]:
     return {str(i): report["devices"][str(i)]["mean_direction_z"] for i in range(9)}
 
 
-def test_rescore_accepted_judges_the_honest_as_if_a_refused_flipper_had_not_replied() -> None:
-    # Prepare: device 9 sends the honest direction reversed
+COLLUDER_NODES = [110, 111, 112]
+
+
+def _copies() -> list[Message]:
+    """Devices 10-12 send one crafted update: the honest direction, halved (as ALIE's colluders
+    send one vector near the honest mean)."""
     rng = np.random.default_rng(0)
-    flipped = reply(NODES[9], {"w": -rng.standard_normal(D).astype(np.float32)}, 75, device=9)
+    crafted = 0.5 * rng.standard_normal(D).astype(np.float32)
+    return [
+        reply(node, {"w": crafted.copy()}, 75, device=10 + i)
+        for i, node in enumerate(COLLUDER_NODES)
+    ]
+
+
+def _flipped() -> Message:
+    """Device 9 on node 109: the honest direction reversed."""
+    rng = np.random.default_rng(0)
+    return reply(NODES[9], {"w": -rng.standard_normal(D).astype(np.float32)}, 75, device=9)
+
+
+def test_rescore_accepted_judges_the_honest_as_if_refused_copies_had_not_replied() -> None:
     # Execute
-    rescored = _trusted_round([*_honest(), flipped], rescore_accepted=True)
-    shipped = _mean_directions(_trusted_round([*_honest(), flipped]))
-    without = _mean_directions(_trusted_round(_honest()))
-    # Assert: refused for its direction; judged among themselves, the honest devices score as
-    # in a round without it, while the shipped scoring lets it shift their reference
-    assert "direction" in rescored["rejected"]["9"]
+    rescored = _trusted_round([*_honest(), *_copies()], rescore_accepted=True)
+    plain = _mean_directions(_trusted_round([*_honest(), *_copies()], rescore_accepted=False))
+    without = _mean_directions(_trusted_round(_honest(), rescore_accepted=True))
+    # Assert: the copies are refused as copies; judged among themselves, the honest devices score
+    # as in a round without them, while the round's own scores let their pile shift the reference
+    assert all("copy" in rescored["rejected"][str(d)] for d in (10, 11, 12))
     assert _mean_directions(rescored) == pytest.approx(without, abs=1e-9)
-    assert max(abs(shipped[d] - without[d]) for d in without) > 1e-3
+    assert max(abs(plain[d] - without[d]) for d in without) > 1e-3
 
 
-def test_rescore_accepted_leaves_rounds_with_only_norm_rejections_alone() -> None:
-    # Execute: the booster points like the honest devices and is refused for its norm
-    rescored = _trusted_round([*_honest(), _boosted()], rescore_accepted=True)
-    shipped = _trusted_round([*_honest(), _boosted()])
+@pytest.mark.parametrize(("outlier", "cause"), [(_boosted, "norm"), (_flipped, "direction")])
+def test_rescore_accepted_leaves_rounds_without_colluders_alone(outlier: Any, cause: str) -> None:
+    # Execute: one update refused for its norm, or for its direction: a lone outlier barely moves
+    # a coordinate-wise median, and the honest devices that resemble it must not look worse
+    rescored = _trusted_round([*_honest(), outlier()], rescore_accepted=True)
+    plain = _trusted_round([*_honest(), outlier()], rescore_accepted=False)
     # Assert
-    assert "norm" in rescored["rejected"]["9"]
-    assert _mean_directions(rescored) == _mean_directions(shipped)
+    assert cause in rescored["rejected"]["9"]
+    assert _mean_directions(rescored) == _mean_directions(plain)
