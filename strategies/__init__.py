@@ -51,7 +51,9 @@ count (claimed / median)     weight inflation; the weight itself is also capped 
 Weights: *quantity* is the claimed count capped at ``quantity_cap × median`` (a liar gains at most
 the cap); *quality* is the device's agreement with the robust reference, the lower of the two
 direction z-scores as a decayed mean over the device's rounds (1 for the bulk, down to
-``min_quality`` for devices that keep pointing away; no self-reported value is trusted);
+``min_quality`` for devices that keep pointing away; no self-reported value is trusted; in a
+round where colluders' copies were refused, judged among the accepted updates, see
+:class:`AnomalyRejection`'s ``rescore_accepted``);
 *reliability* is a decayed beta-reputation of the device's history, with lateness and failures
 penalised less than anomalies (IoT devices drop out for battery and network reasons). Every
 accepted update is then bounded to ``clip_ratio × median`` update norm: boosted updates that no
