@@ -158,11 +158,6 @@ def paired_interval(
     return mean - half, mean + half
 
 
-def goals(summaries: Sequence[Summary], metric: Callable[[Summary], float]) -> list[str]:
-    """The goal table of a multirun directory's runs (see :func:`goal_checks`)."""
-    return goal_checks(cells(summaries, metric))
-
-
 def best_flower(
     table: dict[tuple[str, str, str, str], Cell],
     scenario: str,
@@ -432,8 +427,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "whole fleet; Krum's, MultiKrum's and Bulyan's f is the expected number of attackers "
         "among the sampled devices."
     )
+    final, last = cells(summaries, final_accuracy), cells(summaries, last_rounds_accuracy)
     print("\n## Goals (final central accuracy, mean over seeds)\n")
-    print("\n".join(goals(summaries, final_accuracy)))
+    print("\n".join(goal_checks(final)))
     print(
         "\n## The same checks on the mean central accuracy of the last 3 rounds\n\n"
         "The goals are judged on the final accuracy above. On these non-IID fleets the global "
@@ -441,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "round alone can land on a peak or a dip; this table shows how much of each verdict "
         "that explains.\n"
     )
-    print("\n".join(goals(summaries, last_rounds_accuracy)))
+    print("\n".join(goal_checks(last)))
     print(
         "\n## What the attackers kept (ours, 20 %)\n\n"
         "Rejection recall says who was refused; attacks that are down-weighted rather than "
@@ -453,12 +449,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.probe:
         runs = {path: [json.loads(line) for line in path.open()] for path in args.probe}
         records = [r for file_records in runs.values() for r in file_records]
-        table = cells(summaries, final_accuracy)
-        grid_seeds = _seeds(table)
-        grid_fractions = {key[3] for key in table}
-        more = with_more_seeds(table, probe_cells(records))
+        probe = probe_cells(records)
+        grid_seeds = _seeds(final)
+        grid_fractions = {key[3] for key in final}
+        more = with_more_seeds(final, probe)
         if _seeds(more) != grid_seeds:
-            last = with_more_seeds(cells(summaries, last_rounds_accuracy), probe_cells(records, 3))
+            more_last = with_more_seeds(last, probe_cells(records, 3))
             sources = _sources(
                 runs, lambda key, seed: key[3] in grid_fractions and seed not in grid_seeds
             )
@@ -471,8 +467,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "ran.\n"
             )
             print("\n".join(goal_checks(more)))
-            print("\nOn the mean central accuracy of the last 3 rounds: " + goal_checks(last)[-1])
-        table = with_other_fractions(table, probe_cells(records))
+            print(
+                "\nOn the mean central accuracy of the last 3 rounds: " + goal_checks(more_last)[-1]
+            )
+        table = with_other_fractions(final, probe)
         sources = _sources(runs, lambda key, seed: key[3] not in grid_fractions)
         print(
             "\n## Every attacker fraction\n\n"
