@@ -374,10 +374,7 @@ class AnomalyRejection(Strategy):
     ) -> AnomalyScores:
         n = len(parsed)
         if spec is None or n < self.thresholds.min_replies:
-            nan = np.full(n, np.nan)
-            return AnomalyScores(
-                np.zeros(n), {s: nan.copy() for s in SIGNALS}, [None] * n, np.zeros(n, dtype=bool)
-            )
+            return AnomalyScores.unscored(n)
         plan = SamplePlan.draw(spec, self.sample_size, self.seed, server_round)
         sample = gather_sample([p.arrays for p in parsed], spec, plan)
         stats = update_statistics(sample, norms, seed=(self.seed, server_round))

@@ -518,6 +518,17 @@ class AnomalyScores:
     causes: list[str | None] = field(default_factory=list)
     """The signal (a key of ``signals``) that rejected each update; ``None`` when accepted."""
 
+    @classmethod
+    def unscored(cls, n: int) -> AnomalyScores:
+        """A round too small (or too malformed) to score: every signal NaN, nobody rejected."""
+        return cls(
+            np.zeros(n),
+            {name: np.full(n, np.nan) for name in SIGNALS},
+            [None] * n,
+            np.zeros(n, dtype=bool),
+            [None] * n,
+        )
+
     @property
     def agreement_z(self) -> np.ndarray:
         """See :func:`agreement_z`."""
@@ -548,10 +559,9 @@ def anomaly_scores(
     """
     t = thresholds
     n = len(counts)
-    nan = np.full(n, np.nan)
-    signals = {name: nan.copy() for name in SIGNALS}
     if n < t.min_replies:
-        return AnomalyScores(np.zeros(n), signals, [None] * n, np.zeros(n, dtype=bool))
+        return AnomalyScores.unscored(n)
+    signals = {name: np.full(n, np.nan) for name in SIGNALS}
 
     log_norm = np.log(np.maximum(stats.norms, np.finfo(np.float64).tiny))
     c, s = robust_center_scale(log_norm, floor=t.norm_scale_floor)
