@@ -26,6 +26,13 @@ Fewer replies than sampled
     any error reply), error replies are dropped and the round is accounted with the noise it
     really had relative to its sensitivity: ``z_eff = z · n / m`` for ``n`` replies.
 
+Integer buffers
+    Clipping and noise apply to the floating-point arrays. Integer and boolean buffers
+    (BatchNorm's ``num_batches_tracked``) keep the global model's value under central DP: a
+    device's count of local batches reveals its data size, Gaussian noise on the scale of the
+    parameters cannot hide an integer, and Flower's clipping cannot scale an integer array.
+    Neither Flower's wrapper nor the wrapped strategy sees a device's integer buffers.
+
 Accounting
     Every released round is a Gaussian mechanism; epsilon at ``delta`` is composed with
     dp-accounting (:func:`fl_iot.privacy.central_dp_epsilon`, RDP) without amplification by
@@ -40,7 +47,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     Bulyan,
@@ -55,6 +62,8 @@ from flwr.serverapp.strategy import (
 
 from fl_iot.errors import ConfigError
 from fl_iot.privacy.accounting import central_dp_epsilon
+from strategies.arrays import ArrayFormatError, ModelSpec, restore_layout
+from strategies.validation import clone_reply
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +125,16 @@ class CentralDP(Strategy):
         self.num_devices = num_devices
         self.delta = delta
         self.seed = seed
+        self._floats = _FloatArraysOnly(strategy)
         self.dp = DifferentialPrivacyServerSideFixedClipping(
-            strategy,
+            self._floats,
             noise_multiplier=noise_multiplier * max_weight_ratio,
             clipping_norm=clipping_norm,
             num_sampled_clients=num_sampled_devices,
         )
         self.released: list[tuple[float, float, int]] = []
         self._last_round: dict[str, Any] = {}
+        self._spec: ModelSpec | None = None
 
     def summary(self) -> None:
         """Log the wrapped strategy's summary."""
@@ -133,7 +144,15 @@ class CentralDP(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Remember the global model (clipping is relative to it) and configure the round."""
-        return self.dp.configure_train(server_round, arrays, config, grid)
+        messages = list(self.dp.configure_train(server_round, arrays, config, grid))
+        try:
+            self._spec = ModelSpec.from_arrayrecord(arrays)
+        except ArrayFormatError as error:
+            log.warning("central DP: global model not readable (%s)", error)
+            self._spec = None
+        if self._floats.set_model(arrays, self._spec):
+            self.dp.current_arrays = self._floats.float_record(arrays)
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -153,8 +172,15 @@ class CentralDP(Strategy):
                     record[weight_key] = 1
         # Flower's noise comes from numpy's global generator: seed it per round.
         np.random.seed(int(np.random.SeedSequence([self.seed, server_round]).generate_state(1)[0]))
-        arrays, metrics = self.dp.aggregate_train(server_round, usable)
+        arrays, metrics = self.dp.aggregate_train(
+            server_round, [self._floats.strip(r) for r in usable]
+        )
         if arrays is not None:
+            arrays = self._floats.complete(arrays)
+            if self._spec is not None:
+                arrays, problems = restore_layout(arrays, self._spec)
+                for problem in problems:
+                    log.warning("central DP: the aggregate's %s", problem)
             effective = self.noise_multiplier * n / self.num_sampled_devices
             self.released.append((effective, n / self.num_devices, 1))
             self._last_round.update(released=True, effective_noise_multiplier=effective)
@@ -192,3 +218,94 @@ class CentralDP(Strategy):
             "delta": self.delta,
         }
         return report
+
+
+class _FloatArraysOnly(Strategy):
+    """What Flower's DP wrapper sees of the wrapped strategy: the floating-point arrays only.
+
+    Flower's clipping scales every array of an update in place (an integer array cannot be
+    scaled) and its noise is drawn for every array; integer buffers must not leave a device
+    under central DP anyway (see the module docstring). :class:`CentralDP` strips them from the
+    replies before Flower's wrapper clips; here, on the way into the wrapped strategy, every
+    reply gets the global model's integer buffers back, so the wrapped strategy sees replies of
+    the model's full layout whose integer buffers did not move. Its aggregate's integer buffers
+    are stripped again before the noise, and :meth:`complete` restores the global model's.
+    For a model without integer buffers every method passes through unchanged.
+    """
+
+    def __init__(self, strategy: Strategy) -> None:
+        super().__init__()
+        self.strategy = strategy
+        self._model: ArrayRecord | None = None
+        self._fixed: frozenset[str] = frozenset()
+
+    def __repr__(self) -> str:
+        return repr(self.strategy)
+
+    def set_model(self, arrays: ArrayRecord, spec: ModelSpec | None) -> bool:
+        """Note the global model of the round; whether it holds integer or boolean buffers."""
+        fixed = (
+            frozenset() if spec is None else frozenset(a.key for a in spec.arrays if not a.is_float)
+        )
+        self._model, self._fixed = (arrays, fixed) if fixed else (None, frozenset())
+        return bool(fixed)
+
+    def float_record(self, record: ArrayRecord) -> ArrayRecord:
+        """``record`` without the integer buffers."""
+        return ArrayRecord({k: a for k, a in record.items() if k not in self._fixed})
+
+    def strip(self, reply: Message) -> Message:
+        """A copy of ``reply`` whose ArrayRecords lack the integer buffers."""
+        return self._replace_arrays(reply, self.float_record)
+
+    def complete(self, record: ArrayRecord) -> ArrayRecord:
+        """``record`` with the global model's integer buffers, in the global model's order."""
+        if self._model is None:
+            return record
+        arrays = {
+            k: self._model[k] if k in self._fixed else record[k]
+            for k in self._model
+            if k in self._fixed or k in record
+        }
+        arrays.update({k: a for k, a in record.items() if k not in arrays})
+        return ArrayRecord(arrays)
+
+    def _replace_arrays(self, reply: Message, change: Any) -> Message:
+        if self._model is None or not reply.has_content():
+            return reply
+        content = RecordDict(
+            {k: change(r) if isinstance(r, ArrayRecord) else r for k, r in reply.content.items()}
+        )
+        return clone_reply(reply, content)
+
+    def summary(self) -> None:
+        """Log the wrapped strategy's summary."""
+        self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate."""
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Give the replies the global integer buffers back, delegate, strip them again."""
+        full = [self._replace_arrays(r, self.complete) for r in replies]
+        arrays, metrics = self.strategy.aggregate_train(server_round, full)
+        if arrays is not None and self._model is not None:
+            arrays = self.float_record(arrays)
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate."""
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Delegate."""
+        return self.strategy.aggregate_evaluate(server_round, replies)

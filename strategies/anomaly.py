@@ -15,7 +15,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from strategies import reliability as R
-from strategies.arrays import ArrayFormatError, ModelSpec
+from strategies.arrays import ArrayFormatError, ModelSpec, restore_layout
 from strategies.reliability import ReliabilityTracker
 from strategies.reliability_fedavg import (
     ReliabilityWeightedFedAvg,
@@ -278,6 +278,8 @@ class AnomalyRejection(Strategy):
         if accepted:
             try:
                 arrays, metrics = inner.aggregate_train(server_round, self._forward(accepted))
+                if arrays is not None and spec is not None:
+                    arrays = self._restore_layout(arrays, spec)
             except Exception as exc:  # the wrapped strategy must not end the run either
                 error = f"{type(exc).__name__}: {exc}"
                 log(
@@ -363,6 +365,18 @@ class AnomalyRejection(Strategy):
         except ArrayFormatError as error:
             log(WARNING, "global model not readable (%s); inferring the layout from replies", error)
             return None
+
+    def _restore_layout(self, arrays: ArrayRecord, spec: ModelSpec) -> ArrayRecord:
+        """The wrapped strategy's model with the sent model's dtypes and shapes.
+
+        Whatever the wrapped strategy does with integer buffers (Flower's FedAvg returns them
+        as float64), the next round's replies are checked against the model returned here, so
+        it must keep the layout they were trained from (:func:`~strategies.arrays.restore_layout`).
+        """
+        restored, problems = restore_layout(arrays, spec)
+        for problem in problems:
+            log(WARNING, "aggregate_train: %r returned a model whose %s", self.strategy, problem)
+        return restored
 
     def _score(
         self,

@@ -280,10 +280,17 @@ def weighted_average(
     Returns
     -------
     dict[str, np.ndarray]
-        One array per key with the model's dtype and shape. Floating-point arrays are accumulated
-        in their own precision (float32 for float32, like Flower's FedAvg); integer buffers
-        (e.g. BatchNorm's ``num_batches_tracked``) in float64 and rounded back, so the model's
-        dtypes never drift from one round to the next.
+        One array per key with the model's dtype and shape (0-d arrays stay 0-d), so that the
+        next round's replies match the model they were trained from.
+
+    Notes
+    -----
+    Floating-point arrays are accumulated in their own precision (float32 for float32, like
+    Flower's FedAvg). Integer and boolean buffers (BatchNorm's ``num_batches_tracked``) are the
+    same weighted mean, accumulated in float64 and rounded to the nearest integer (half to even;
+    for booleans a weighted majority, ties to ``False``): the rule that bounds every other
+    coordinate bounds them too, whereas a maximum would let one device set a counter to any
+    value. Integers above 2**53 lose precision in the float64 mean.
     """
     w = np.asarray(weights, dtype=np.float64)
     if len(updates) != len(w) or len(w) == 0:
@@ -310,5 +317,79 @@ def weighted_average(
 
 
 def to_arrayrecord(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    """Wrap numpy arrays (in the given key order) into a Flower ``ArrayRecord``."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    """Wrap numpy arrays (in the given key order) into a Flower ``ArrayRecord``.
+
+    Shapes are kept exactly: ``np.ascontiguousarray`` would turn a 0-d array into shape ``(1,)``.
+    """
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
+
+
+def restore_layout(record: ArrayRecord, spec: ModelSpec) -> tuple[ArrayRecord, list[str]]:
+    """Cast the arrays of an aggregate back to the layout of the model that was sent.
+
+    A wrapper cannot know how the strategy inside it aggregates: Flower's FedAvg, for one,
+    returns integer buffers as float64 (``value * weight``), and every reply of the next round
+    would then fail the layout check. Whatever the inner strategy did, the model it returns gets
+    the sent model's dtypes and shapes back: integer and boolean arrays are rounded to the
+    nearest value (half to even) and clipped to their dtype's range, non-finite entries of them
+    keep the sent model's value (0 without one), and an array of the right size is reshaped.
+
+    Parameters
+    ----------
+    record : ArrayRecord
+        The aggregate returned by a strategy.
+    spec : ModelSpec
+        The layout (and, when known, the values) of the model sent in ``configure_train``.
+
+    Returns
+    -------
+    tuple[ArrayRecord, list[str]]
+        The record in the sent model's key order (``record`` itself when it already matches),
+        and one line per array that could not be restored (missing, extra, of another size or
+        unreadable); those are left as they are.
+    """
+    problems: list[str] = []
+    keys = list(record.keys())
+    if set(keys) != set(spec.keys):
+        missing = sorted(set(spec.keys) - set(keys))
+        extra = sorted(set(keys) - set(spec.keys))
+        return record, [f"array keys differ from the sent model: missing {missing}, extra {extra}"]
+    if all(
+        record[s.key].dtype == str(s.dtype) and tuple(record[s.key].shape) == s.shape
+        for s in spec.arrays
+    ) and keys == list(spec.keys):
+        return record, problems
+    restored: dict[str, Array] = {}
+    for s in spec.arrays:
+        array = record[s.key]
+        if array.dtype == str(s.dtype) and tuple(array.shape) == s.shape:
+            restored[s.key] = array
+            continue
+        try:
+            values = array.numpy()
+        except (TypeError, ValueError) as error:
+            problems.append(f"array {s.key!r} is unreadable: {error}")
+            restored[s.key] = array
+            continue
+        if values.size != s.size:
+            problems.append(f"array {s.key!r} has {values.size} values, the sent model {s.size}")
+            restored[s.key] = array
+            continue
+        restored[s.key] = Array(_cast(values.reshape(s.shape), s, spec.global_views))
+    return ArrayRecord(restored), problems
+
+
+def _cast(values: np.ndarray, spec: ArraySpec, origin: dict[str, np.ndarray] | None) -> np.ndarray:
+    if spec.is_float or values.dtype.kind not in "fc":
+        return np.asarray(values.astype(spec.dtype), order="C")
+    real = np.real(values).astype(np.float64)
+    fallback = np.zeros(spec.shape) if origin is None else origin[spec.key].reshape(spec.shape)
+    real = np.where(np.isfinite(real), real, fallback)
+    if spec.dtype.kind == "b":
+        return np.asarray(np.rint(real) != 0, order="C")
+    info = np.iinfo(spec.dtype)
+    high = float(info.max)
+    if int(high) > info.max:  # 2**63 - 1 rounds up to 2**63 in float64
+        high = float(np.nextafter(high, 0.0))
+    real = np.clip(np.rint(real), float(info.min), high)
+    return np.asarray(real.astype(spec.dtype), order="C")

@@ -13,7 +13,9 @@ from strategies.arrays import (
     ModelSpec,
     decode_array,
     npy_view,
+    restore_layout,
     squared_update_norms,
+    to_arrayrecord,
     weighted_average,
 )
 
@@ -158,3 +160,55 @@ def test_weighted_average_rejects_bad_weights(weights: list[float]) -> None:
     updates = [{"w": np.zeros(2, np.float32)}, {"w": np.ones(2, np.float32)}]
     with pytest.raises(ValueError, match="weight"):
         weighted_average(updates, np.array(weights), spec)
+
+
+def test_to_arrayrecord_keeps_0d_arrays_0d() -> None:
+    record = to_arrayrecord({"n": np.array(7, np.int64), "w": np.ones((2, 3), np.float32).T})
+    assert (record["n"].dtype, tuple(record["n"].shape)) == ("int64", ())
+    assert tuple(record["w"].shape) == (3, 2)
+    assert record["n"].numpy() == 7
+
+
+def test_restore_layout_casts_a_foreign_aggregate_back_to_the_sent_model() -> None:
+    # Prepare: the sent model, and what Flower's FedAvg makes of it (integers as float64)
+    sent = ArrayRecord(
+        {
+            "w": Array(np.zeros((2, 2), np.float32)),
+            "n": Array(np.array(3, np.int64)),
+            "m": Array(np.array([5, 5], np.uint8)),
+            "f": Array(np.array([True, False])),
+        }
+    )
+    spec = ModelSpec.from_arrayrecord(sent)
+    returned = ArrayRecord(
+        {
+            "w": Array(np.ones((2, 2), np.float32)),
+            "n": Array(np.array(4.5)),
+            "m": Array(np.array([np.nan, 300.0])),
+            "f": Array(np.array([0.75, 0.5])),
+        }
+    )
+    # Execute
+    restored, problems = restore_layout(returned, spec)
+    # Assert: dtypes and shapes of the sent model; half to even; NaN keeps the sent value;
+    # out of range is clipped; booleans are a majority with ties to False
+    assert problems == []
+    assert [(a.dtype, tuple(a.shape)) for a in restored.values()] == [
+        (a.dtype, tuple(a.shape)) for a in sent.values()
+    ]
+    assert restored["w"] == returned["w"]
+    assert restored["n"].numpy() == 4
+    assert restored["m"].numpy().tolist() == [5, 255]
+    assert restored["f"].numpy().tolist() == [True, False]
+
+
+def test_restore_layout_returns_a_matching_record_unchanged_and_names_what_it_cannot_fix() -> None:
+    sent = ArrayRecord({"w": Array(np.zeros(3, np.float32)), "n": Array(np.array(1, np.int64))})
+    spec = ModelSpec.from_arrayrecord(sent)
+    assert restore_layout(sent, spec) == (sent, [])
+    wrong_size = ArrayRecord({"w": Array(np.zeros(4, np.float32)), "n": Array(np.array(1.0))})
+    restored, problems = restore_layout(wrong_size, spec)
+    assert problems == ["array 'w' has 4 values, the sent model 3"]
+    assert restored["n"].dtype == "int64"
+    _, problems = restore_layout(ArrayRecord({"w": Array(np.zeros(3, np.float32))}), spec)
+    assert problems == ["array keys differ from the sent model: missing ['n'], extra []"]
