@@ -37,7 +37,9 @@ Accounting
     Every released round is a Gaussian mechanism; epsilon at ``delta`` is composed with
     dp-accounting (:func:`fl_iot.privacy.central_dp_epsilon`, RDP) without amplification by
     sampling, because Flower samples a fixed-size cohort and may pick the same device in
-    consecutive rounds. The optimistic Poisson-sampling figure is reported alongside, labelled.
+    consecutive rounds. The optimistic Poisson-sampling figure is reported alongside, labelled;
+    its sampling rate is the share of the fleet the round sampled (``sampled / N``), whatever
+    share of the sampled devices replied.
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ class CentralDP(Strategy):
         )
         self.released: list[tuple[float, float, int]] = []
         self._last_round: dict[str, Any] = {}
+        self._sampled: dict[int, int] = {}
         self._spec: ModelSpec | None = None
 
     def summary(self) -> None:
@@ -145,6 +148,7 @@ class CentralDP(Strategy):
     ) -> Iterable[Message]:
         """Remember the global model (clipping is relative to it) and configure the round."""
         messages = list(self.dp.configure_train(server_round, arrays, config, grid))
+        self._sampled = {server_round: len(messages)}
         try:
             self._spec = ModelSpec.from_arrayrecord(arrays)
         except ArrayFormatError as error:
@@ -182,7 +186,9 @@ class CentralDP(Strategy):
                 for problem in problems:
                     log.warning("central DP: the aggregate's %s", problem)
             effective = self.noise_multiplier * n / self.num_sampled_devices
-            self.released.append((effective, n / self.num_devices, 1))
+            # The rate the round sampled with: devices that fail do not make sampling sparser.
+            sampled = self._sampled.get(server_round, self.num_sampled_devices)
+            self.released.append((effective, min(1.0, sampled / self.num_devices), 1))
             self._last_round.update(released=True, effective_noise_multiplier=effective)
         return arrays, metrics
 

@@ -149,3 +149,18 @@ def test_a_run_reports_central_epsilon_every_round_as_an_independent_accountant_
         r["privacy"]["central-epsilon-if-poisson"] < r["privacy"]["central-epsilon"]
         for r in records
     )
+
+
+def test_the_poisson_figure_uses_the_rate_the_round_sampled_with_not_the_replies():
+    # Prepare: every device of the fleet is sampled, one of them fails
+    set_task_identity()
+    dp = CentralDP(FedAvg(), 1.0, 1.0, num_sampled_devices=4, num_devices=4)
+    configure(dp, 1, {"w": np.zeros(3, dtype=np.float32)}, [1, 2, 3, 4])
+    replies = [strategy_reply(n, {"w": np.full(3, 0.1, np.float32)}, 10) for n in (1, 2, 3)]
+    # Execute
+    dp.aggregate_train(1, [*replies, strategy_reply(4, error="crashed")])
+    report = dp.round_report(1)["central_dp"]
+    # Assert: a round that sampled the whole fleet gets no amplification, however many replied
+    assert report["released"] and report["replies"] == 3
+    assert report["epsilon_if_poisson_sampling"] == pytest.approx(report["epsilon"], rel=1e-12)
+    assert dp.released == [(0.75, 1.0, 1)]
