@@ -4,13 +4,17 @@ Flower gives simulated nodes random 64-bit ids, so "the first node" differs betw
 round 1 the server asks every node for its device id (a ``query`` message); from then on nodes are
 listed in device-id order, which, with a seeded sampler, makes the choice of devices per round
 reproducible. Waiting for every node also avoids Flower's round-1 under-sampling race.
+
+A reply is charged to the node its message was sent to (:func:`answered_node`), never to the
+reply's own ``src_node_id``: on the Deployment Engine the SuperLink answers for a dead node itself,
+with an error reply whose source is the SuperLink's node id (1).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -41,6 +45,37 @@ class Roster:
         device = self.node_to_device.get(node_id)
         return (0, device) if device is not None else (1, node_id)
 
+    def node_ids(self) -> list[int]:
+        """Every node that answered the roll call, in device order."""
+        return sorted(self.node_to_device, key=self.sort_key)
+
+    def device_keys(self) -> dict[int, str]:
+        """``{node_id: str(device_id)}``: the roster as the strategies key devices."""
+        return {node: str(device) for node, device in self.node_to_device.items()}
+
+
+def sent_destinations(messages: Sequence[Message]) -> dict[str, int]:
+    """``{message_id: dst_node_id}`` of messages that a grid has pushed.
+
+    Flower's grids write each message's id into the message object when they push it
+    (``InMemoryGrid``: a fresh UUID; ``HttpGrid``: the message's object id), so the messages
+    handed to ``send_and_receive`` carry their ids afterwards. Messages without an id are left
+    out: no reply can be matched to them.
+    """
+    return {
+        m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id
+    }
+
+
+def answered_node(reply: Message, sent: Mapping[str, int]) -> int | None:
+    """The node a reply answers: the destination of the message it replies to.
+
+    ``None`` for a reply to none of ``sent``. This is the identity to trust: the SuperLink only
+    accepts a reply from the node the message was sent to, and its own error replies for a node
+    it found dead (source node 1) still name the message they answer.
+    """
+    return sent.get(reply.metadata.reply_to_message_id)
+
 
 def take_roll_call(grid: Grid, num_devices: int, timeout_s: float) -> Roster:
     """Wait for ``num_devices`` nodes, ask each for its device id, and return the mapping.
@@ -62,21 +97,26 @@ def take_roll_call(grid: Grid, num_devices: int, timeout_s: float) -> Roster:
         for node_id in node_ids
     ]
     replies = grid.send_and_receive(messages, timeout=max(1.0, deadline - time.monotonic()))
+    sent = sent_destinations(messages)
     mapping: dict[int, int] = {}
     for reply in replies:
-        if reply.has_error():
+        node_id = answered_node(reply, sent)
+        if node_id is None:
             log.warning(
-                "node %s failed the roll call: %s", reply.metadata.src_node_id, reply.error.reason
+                "ignoring a roll-call reply from node %s that answers none of the roll call's "
+                "messages",
+                reply.metadata.src_node_id,
             )
+            continue
+        if reply.has_error():
+            log.warning("node %s failed the roll call: %s", node_id, reply.error.reason)
             continue
         record = reply.content.config_records.get(DEVICE)
         device_id = record.get(DEVICE_ID) if record is not None else None
-        if not isinstance(device_id, int):
-            log.warning(
-                "node %s answered the roll call without a device id", reply.metadata.src_node_id
-            )
+        if isinstance(device_id, bool) or not isinstance(device_id, int):
+            log.warning("node %s answered the roll call without a device id", node_id)
             continue
-        mapping[reply.metadata.src_node_id] = device_id
+        mapping[node_id] = device_id
     duplicates = len(mapping) - len(set(mapping.values()))
     if len(mapping) < num_devices or duplicates:
         raise RosterError(
@@ -94,7 +134,13 @@ def roll_call_reply(message: Message, device_id: int) -> Message:
 
 
 class DeviceOrderedGrid(Grid):
-    """A grid that lists node ids in device order and otherwise defers to the real grid."""
+    """A grid that lists the roster's nodes in device order and otherwise defers to the real grid.
+
+    It lists every node of the roster, also those Flower no longer reports: a device that stops
+    answering stays in the fleet, is still sampled, and is counted as failed (the SuperLink's
+    error reply for a dead node) or missing (no reply at all) instead of vanishing from the
+    counts. A node that connects after the roll call is not part of the study and is not listed.
+    """
 
     def __init__(self, grid: Grid, roster: Roster) -> None:
         self._grid = grid
@@ -118,8 +164,8 @@ class DeviceOrderedGrid(Grid):
         return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
-        """Node ids sorted by device id."""
-        return sorted(self._grid.get_node_ids(), key=self._roster.sort_key)
+        """The roster's node ids, sorted by device id."""
+        return self._roster.node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
         return self._grid.push_messages(messages)

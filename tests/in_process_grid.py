@@ -7,6 +7,7 @@ handlers, no Ray. ``faults`` make chosen nodes fail (error reply) or stay silent
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from uuid import uuid4
 
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -22,7 +23,32 @@ def set_task_identity() -> None:
     TaskIdentity.node_id = 1
 
 
-class InProcessGrid(Grid):
+class OfflineGrid(Grid):
+    """A grid that only sends and receives: no run, no separate push and pull."""
+
+    def set_run(self, run: Run) -> None:
+        raise NotImplementedError
+
+    @property
+    def run(self) -> Run:
+        raise NotImplementedError
+
+    def create_message(self, *args: object, **kwargs: object) -> Message:  # type: ignore[override]
+        raise NotImplementedError
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError
+
+    @staticmethod
+    def push(message: Message) -> None:
+        """Give ``message`` an id, as Flower's grids do when they push it; replies name it."""
+        message.metadata.__dict__["_message_id"] = str(uuid4())
+
+
+class InProcessGrid(OfflineGrid):
     """Nodes ``1001, 1002, ...`` serving partitions ``0, 1, ...`` with one ClientApp."""
 
     def __init__(
@@ -48,24 +74,8 @@ class InProcessGrid(Grid):
         self.fault = fault
         self.sent: list[Message] = []
 
-    def set_run(self, run: Run) -> None:
-        raise NotImplementedError
-
-    @property
-    def run(self) -> Run:
-        raise NotImplementedError
-
-    def create_message(self, *args: object, **kwargs: object) -> Message:  # type: ignore[override]
-        raise NotImplementedError
-
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -75,6 +85,7 @@ class InProcessGrid(Grid):
 
         replies = []
         for message in messages:
+            self.push(message)
             self.sent.append(message)
             node_id = message.metadata.dst_node_id
             fault = (
