@@ -132,7 +132,11 @@ class ReliabilityWeightedFedAvg(FedAvg):
     weighted_by_key : str
         MetricRecord key of the claimed sample count (default ``"num-examples"``).
     arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_fn
-        As in Flower's ``FedAvg``; metrics are averaged with the final weights.
+        As in Flower's ``FedAvg``; metrics are averaged with the final weights. NaN and Inf
+        values never reach the average: a reply's non-finite train metric is left out of that
+        key's average (:func:`~strategies.weighting.weighted_metrics`); for a custom
+        ``train_metrics_aggr_fn`` and for evaluation, a key that is non-finite in any reply is
+        dropped for the round (:func:`~strategies.validation.sanitized_metrics`).
     quantity_cap : float
         Cap on a device's count as a multiple of the round's median (>= 1; default 3: a
         device with three times the typical data still counts fully, a liar gains at most 3×).

@@ -31,6 +31,7 @@ from strategies.arrays import (
     squared_update_norms,
 )
 from strategies.report import device_order
+from strategies.weighting import is_finite_metric
 
 FAILED = "failed"
 """Rejection kind of an error reply: the device reported that it could not train."""
@@ -297,14 +298,25 @@ def common_metric_keys(metrics: Sequence[MetricRecord]) -> list[str]:
 def sanitized_metrics(
     metrics: Sequence[MetricRecord], weight_key: str, weights: Sequence[float] | None = None
 ) -> list[MetricRecord]:
-    """Copies of the MetricRecords restricted to entries every reply has in the same form.
+    """Copies of the MetricRecords restricted to entries every reply has, finite, in one form.
 
     Flower's metric averaging raises on keys that differ between replies (a DP device class that
     reports ``epsilon`` next to one that does not) and on lists of different lengths. Keeping only
     the common entries makes any Flower strategy safe to call; ``weights``, when given, replaces
     the ``weight_key`` value so that metrics are averaged with the strategy's final weights.
+
+    A key whose value is NaN or Inf in any reply (a list: in any element) is dropped for the
+    round: the function these copies go to (a wrapped Flower strategy, a custom
+    ``*_metrics_aggr_fn``) averages every record with one set of weights and cannot leave one
+    reply out of one key, and an averaged NaN would reach the user as the round's metric.
+    (Where :class:`~strategies.ReliabilityWeightedFedAvg` averages itself, only the non-finite
+    entry is left out: :func:`~strategies.weighting.weighted_metrics`.)
     """
-    keep = common_metric_keys(metrics)
+    keep = [
+        k
+        for k in common_metric_keys(metrics)
+        if k == weight_key or all(is_finite_metric(record[k]) for record in metrics)
+    ]
     out = []
     for i, record in enumerate(metrics):
         copy = MetricRecord({k: record[k] for k in keep})

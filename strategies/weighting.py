@@ -6,6 +6,7 @@ round report and tested by hand.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -147,7 +148,11 @@ def weighted_metrics(
     """Weighted average of the metric ``keys`` (scalars or equal-length lists), like Flower's.
 
     The same arithmetic, in the same order, as ``flwr.serverapp.strategy.strategy_utils.
-    aggregate_metricrecords``, without building a ``RecordDict`` per reply.
+    aggregate_metricrecords``, without building a ``RecordDict`` per reply, except for
+    non-finite values: a reply whose value of a key is NaN or Inf (a list: any element) is left
+    out of that key's average, and the other replies' values are averaged with their weights
+    renormalised among them. One diverged or lying device must not turn a round's ``train-loss``
+    into NaN, and must not remove it either. A key that no reply reports finitely is omitted.
 
     Parameters
     ----------
@@ -159,11 +164,17 @@ def weighted_metrics(
     keys : Sequence[str]
         The metrics to average.
     """
-    total = float(sum(weights))
+    finite = {key: [is_finite_metric(record[key]) for record in records] for key in keys}
+    totals = {
+        key: float(sum(w for w, ok in zip(weights, flags, strict=True) if ok))
+        for key, flags in finite.items()
+    }
     result: dict[str, float | list[float]] = {}
-    for record, weight in zip(records, weights, strict=True):
-        factor = float(weight) / total
+    for i, (record, weight) in enumerate(zip(records, weights, strict=True)):
         for key in keys:
+            if not finite[key][i] or totals[key] <= 0:
+                continue
+            factor = float(weight) / totals[key]
             value = record[key]
             if key not in result:
                 result[key] = (
@@ -175,4 +186,11 @@ def weighted_metrics(
                 result[key] = [c + v * factor for c, v in zip(current, value, strict=True)]
             else:
                 result[key] = float(result[key]) + value * factor  # type: ignore[arg-type]
-    return result
+    return {key: result[key] for key in keys if key in result}
+
+
+def is_finite_metric(value: Any) -> bool:
+    """Whether a metric value (a number or a list of numbers) holds only finite numbers."""
+    if isinstance(value, list):
+        return all(math.isfinite(v) for v in value)
+    return math.isfinite(value)
