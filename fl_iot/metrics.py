@@ -23,6 +23,8 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
 def scores(confusion: np.ndarray) -> dict[str, float]:
     """Accuracy, macro-F1 and balanced accuracy of a confusion matrix.
 
+    The matrix may hold weighted counts (floats): the federated evaluation scales each device's
+    matrix to bound its weight, and every score is a ratio of sums, so it is defined the same way.
     Classes absent from both truth and predictions are left out of the macro averages, as
     scikit-learn does with ``labels`` restricted to the present classes.
     """

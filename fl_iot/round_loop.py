@@ -4,26 +4,35 @@ This is the one place that drives rounds (later: deadlines, late updates, buffer
 It calls the strategy's ``configure_*`` and ``aggregate_*`` like Flower's ``Strategy.start`` does,
 and adds what fl-iot needs around them:
 
+- every reply is charged to the node its message was sent to, and that node's device comes
+  from the roll call, never from the reply (:func:`fl_iot.roster.answered_node`); a reply that
+  claims another device's id is ignored and logged as a spoof;
 - replies are put in device order before aggregation, so float sums are reproducible;
-- node sampling is seeded per round (Flower's strategies sample with the global ``random``);
+- node sampling is seeded per round (Flower's strategies sample with the global ``random``), over
+  the whole roster: a device that stops answering is still sampled and counted as failed or
+  missing;
 - a strategy that raises on a bad round does not end the run: the round keeps the previous model
   and the error is recorded;
-- every round produces a :class:`RoundRecord` for the sinks, with per-device detail.
+- every round produces a :class:`RoundRecord` for the sinks, with per-device detail; a failed
+  device's error is kept there as its type and message, its full text is logged once per run;
+- nothing a device sends can crash the server: malformed values are ignored and logged.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import math
 import random
+import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -31,16 +40,40 @@ from fl_iot import protocol as P
 from fl_iot.federation import Federation
 from fl_iot.metrics import scores
 from fl_iot.privacy.reporting import privacy_summary
-from fl_iot.roster import DeviceOrderedGrid, Roster
+from fl_iot.roster import DeviceOrderedGrid, Roster, answered_node, sent_destinations
+from strategies import bounded_quantity
 
 log = logging.getLogger(__name__)
 
 CentralEvaluation = Callable[[int, ArrayRecord], dict[str, float]]
 
+EVAL_WEIGHT_CAP = 3.0
+"""Most examples a device's evaluation counts for, as a multiple of the round's median count.
+
+Devices report their own confusion matrices and example counts, and the server can check neither:
+pooled unbounded, one device claiming a huge count with an all-correct matrix would set the
+federated scores alone. Scaled to at most ``3 × median`` examples, a liar weighs at most as much as
+three typical devices, the bound ``quantity_cap`` puts on a device's training weight, while
+honest devices with up to three times the typical test split count fully.
+"""
+
+MAX_COUNT = 2**63 - 1
+"""Largest example count or confusion entry accepted (what Flower's ``sint64`` carries)."""
+
+ERROR_CHARS = 300
+"""Longest error text a round record keeps per device; the full text is logged once per run."""
+
 
 @dataclass
 class RoundRecord:
-    """Everything that happened in one round, as the sinks receive it."""
+    """Everything that happened in one round, as the sinks receive it.
+
+    ``devices`` is keyed by device id (``node-<id>`` for a node off the roll call). An entry holds
+    ``device_class`` and ``attacker`` (from the federation), the numbers of the device's train
+    reply, ``eval_loss``, and what went wrong: ``error`` / ``eval_error`` (the type and message of
+    an error reply), ``missing`` (sampled, no reply), ``ignored`` / ``eval_ignored`` (why the
+    reply's claims were not recorded or pooled: a spoof, malformed content).
+    """
 
     round: int
     num_rounds: int
@@ -73,9 +106,31 @@ class RoundSink:
         """Called once per completed round."""
 
 
+class Answer(NamedTuple):
+    """A reply and the node it answers (the destination of the message it replies to)."""
+
+    node_id: int
+    reply: Message
+
+
+class DeviceEvaluation(NamedTuple):
+    """One device's parsed evaluate reply."""
+
+    device_id: int
+    num_examples: int
+    loss: float
+    confusion: np.ndarray
+
+
 @dataclass
 class RoundLoop:
-    """Runs ``num_rounds`` synchronous rounds of a strategy over a grid."""
+    """Runs ``num_rounds`` synchronous rounds of a strategy over a grid.
+
+    Federated evaluation pools the confusion matrices the evaluated devices report, each scaled
+    to count for at most ``eval_weight_cap`` times the round's median claimed example count
+    (:data:`EVAL_WEIGHT_CAP`, :func:`pool_evaluations`): no device can set the federated scores
+    by claiming a huge test split. The pooled matrix is then a weighted count (float).
+    """
 
     grid: Grid
     strategy: Strategy
@@ -89,6 +144,12 @@ class RoundLoop:
     sinks: Sequence[RoundSink] = ()
     train_config: ConfigRecord = field(default_factory=ConfigRecord)
     evaluate_config: ConfigRecord = field(default_factory=ConfigRecord)
+    eval_weight_cap: float = EVAL_WEIGHT_CAP
+    _logged_errors: set[str] = field(default_factory=set, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.eval_weight_cap >= 1.0:  # also refuses NaN
+            raise ValueError(f"eval_weight_cap must be >= 1, got {self.eval_weight_cap!r}")
 
     def run(self, arrays: ArrayRecord) -> tuple[ArrayRecord, dict[str, float]]:
         """Run all rounds from ``arrays``; return the final model and the initial central scores."""
@@ -125,15 +186,16 @@ class RoundLoop:
         messages = list(
             self.strategy.configure_train(server_round, arrays, self.train_config.copy(), grid)
         )
-        replies = self._send(grid, messages)
+        answers = self._send(grid, messages)
+        replies = [a.reply for a in answers]
         record.sampled = len(messages)
         record.replied = sum(1 for r in replies if not r.has_error())
         record.declined = sum(
             1 for r in replies if r.has_error() and r.error.code == P.DECLINED_ERROR_CODE
         )
         record.failed = sum(1 for r in replies if r.has_error()) - record.declined
-        record.missing = len(messages) - len(replies)
-        self._record_train_replies(replies, record)
+        record.missing = len(messages) - len(answers)
+        self._record_train_replies(server_round, messages, answers, record)
         try:
             with forced_gc_suppressed():
                 new_arrays, _ = self.strategy.aggregate_train(server_round, replies)
@@ -162,7 +224,12 @@ class RoundLoop:
                 record.strategy = dict(report(server_round))
             except Exception as error:
                 record.errors.append(f"round_report: {type(error).__name__}: {error}")
-        record.detection = detection_scores(record.strategy, replies, self.federation, self.roster)
+        participants = {
+            device
+            for a in answers
+            if not a.reply.has_error() and (device := self.roster.device_of(a.node_id)) is not None
+        }
+        record.detection = detection_scores(record.strategy, participants, self.federation)
         central = record.strategy.get("central_dp")
         if central:
             record.privacy["central-epsilon"] = central["epsilon"]
@@ -183,68 +250,174 @@ class RoundLoop:
         )
         if not messages:
             return
-        replies = self._send(grid, messages)
-        confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
-        per_class: dict[str, np.ndarray] = {}
-        loss_sum, examples = 0.0, 0
-        for reply in replies:
-            parsed = _evaluate_reply(reply, self.num_classes)
-            if parsed is None:
+        answers = self._send(grid, messages)
+        evaluations: list[DeviceEvaluation] = []
+        for answer in answers:
+            key, entry = self._device_entry(record, answer.node_id)
+            if answer.reply.has_error():
+                entry["eval_error"] = self._error_text(server_round, key, answer.reply)
                 continue
-            device_id, device_class, n, loss, matrix = parsed
-            confusion += matrix
-            per_class.setdefault(device_class, np.zeros_like(confusion))
-            per_class[device_class] += matrix
-            loss_sum += loss * n
-            examples += n
-            record.devices.setdefault(str(device_id), {})["eval_loss"] = loss
-        if examples:
-            record.federated = {
-                **scores(confusion),
-                "loss": loss_sum / examples,
-                "num_examples": examples,
-            }
-        for device_class, matrix in per_class.items():
-            record.by_class.setdefault(device_class, {}).update(
-                {f"federated_{k}": v for k, v in scores(matrix).items()}
+            evaluation = self._evaluate_reply(server_round, answer)
+            if isinstance(evaluation, str):
+                entry["eval_ignored"] = evaluation
+                continue
+            evaluations.append(evaluation)
+            entry["eval_loss"] = evaluation.loss
+        if evaluations:
+            confusion, weights = pool_evaluations(
+                [e.confusion for e in evaluations],
+                [e.num_examples for e in evaluations],
+                self.eval_weight_cap,
             )
+            counted = weights * np.array([float(e.num_examples) for e in evaluations])
+            examples = float(counted.sum())
+            if examples > 0:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    loss = float(np.dot(counted / examples, [e.loss for e in evaluations]))
+                record.federated = {**scores(confusion), "loss": loss, "num_examples": examples}
+            per_class: dict[str, np.ndarray] = {}
+            for evaluation, weight in zip(evaluations, weights, strict=True):
+                device_class = self.federation[evaluation.device_id].device_class
+                pooled = per_class.setdefault(device_class, np.zeros_like(confusion))
+                pooled += weight * evaluation.confusion
+            for device_class, matrix in per_class.items():
+                record.by_class.setdefault(device_class, {}).update(
+                    {f"federated_{k}": v for k, v in scores(matrix).items()}
+                )
         try:
             with forced_gc_suppressed():
-                self.strategy.aggregate_evaluate(server_round, replies)
+                self.strategy.aggregate_evaluate(server_round, [a.reply for a in answers])
         except Exception as error:
             record.errors.append(f"aggregate_evaluate: {type(error).__name__}: {error}")
 
-    def _send(self, grid: Grid, messages: list[Message]) -> list[Message]:
+    def _send(self, grid: Grid, messages: list[Message]) -> list[Answer]:
+        """Send ``messages`` and return the replies with the node each answers, in device order.
+
+        A reply is charged to the destination of the message it answers, not to its own source:
+        the SuperLink's error reply for a dead node comes from the SuperLink (node 1). A reply
+        that answers none of ``messages``, or a second reply to one of them, is dropped (logged):
+        its message then counts as unanswered.
+        """
         if not messages:
             return []
         replies = list(grid.send_and_receive(messages, timeout=self.round_timeout_s))
-        return sorted(replies, key=lambda r: self.roster.sort_key(r.metadata.src_node_id))
+        sent = sent_destinations(messages)  # the grid wrote the ids into the messages
+        answers: list[Answer] = []
+        answered: set[str] = set()
+        for reply in replies:
+            node_id = answered_node(reply, sent)
+            reply_to = reply.metadata.reply_to_message_id
+            if node_id is None or reply_to in answered:
+                log.warning(
+                    "ignoring a reply from node %s to message %r: it answers none of the "
+                    "messages sent, or one already answered",
+                    reply.metadata.src_node_id,
+                    reply_to,
+                )
+                continue
+            answered.add(reply_to)
+            answers.append(Answer(node_id, reply))
+        return sorted(answers, key=lambda a: self.roster.sort_key(a.node_id))
 
-    def _record_train_replies(self, replies: Iterable[Message], record: RoundRecord) -> None:
+    def _device_entry(self, record: RoundRecord, node_id: int) -> tuple[str, dict[str, Any]]:
+        """The per-device entry of ``node_id`` in ``record`` (``node-<id>`` off the roster)."""
+        device_id = self.roster.device_of(node_id)
+        key = str(device_id) if device_id is not None else f"node-{node_id}"
+        entry = record.devices.setdefault(key, {})
+        if device_id is not None and "device_class" not in entry:
+            entry["device_class"] = self.federation[device_id].device_class
+            entry["attacker"] = self.federation[device_id].attacker
+        return key, entry
+
+    def _error_text(self, server_round: int, key: str, reply: Message) -> str:
+        """The error's type and message for the record; its full text is logged once per run."""
+        reason = str(reply.error.reason or "")
+        summary = error_summary(reason)
+        if reason not in self._logged_errors:
+            self._logged_errors.add(reason)
+            log.warning(
+                "round %d: device %s replied with error code %s: %s (full text, logged once "
+                "per run):\n%s",
+                server_round,
+                key,
+                reply.error.code,
+                summary,
+                reason,
+            )
+        return summary
+
+    def _identity_problem(self, server_round: int, answer: Answer) -> str | None:
+        """Why a reply's claimed identity is unacceptable, or ``None`` (logged when not).
+
+        The device is the roster's: a reply from a node off the roster, or one whose ``device``
+        record names another device (a spoof), is ignored. A reply without a ``device`` record
+        claims nothing and is fine.
+        """
+        device_id = self.roster.device_of(answer.node_id)
+        if device_id is None:
+            log.warning(
+                "round %d: ignoring a reply from node %s, which is not in the roll call",
+                server_round,
+                answer.node_id,
+            )
+            return f"node {answer.node_id} is not in the roll call"
+        try:
+            claimed = claimed_device(answer.reply)
+        except ValueError as error:
+            log.warning(
+                "round %d: ignoring the reply of device %s (node %s): %s",
+                server_round,
+                device_id,
+                answer.node_id,
+                error,
+            )
+            return str(error)
+        if claimed is not None and claimed != device_id:
+            log.warning(
+                "round %d: spoof: node %s is device %s by the roll call but its reply claims "
+                "device %s; the reply is ignored",
+                server_round,
+                answer.node_id,
+                device_id,
+                claimed,
+            )
+            return f"spoof: claims to be device {claimed}"
+        return None
+
+    def _record_train_replies(
+        self,
+        server_round: int,
+        messages: Sequence[Message],
+        answers: Sequence[Answer],
+        record: RoundRecord,
+    ) -> None:
+        answered = {a.node_id for a in answers}
+        for message in messages:
+            if message.metadata.dst_node_id not in answered:
+                _, entry = self._device_entry(record, message.metadata.dst_node_id)
+                entry["missing"] = True
         losses: list[tuple[float, float]] = []
         entries: list[dict[str, Any]] = []
-        for reply in replies:
-            device_id = self.roster.device_of(reply.metadata.src_node_id)
-            key = str(device_id if device_id is not None else f"node-{reply.metadata.src_node_id}")
-            entry = record.devices.setdefault(key, {})
-            if device_id is not None:
-                entry["device_class"] = self.federation[device_id].device_class
-                entry["attacker"] = self.federation[device_id].attacker
-            if reply.has_error():
-                entry["error"] = reply.error.reason
+        for answer in answers:
+            key, entry = self._device_entry(record, answer.node_id)
+            if answer.reply.has_error():
+                entry["error"] = self._error_text(server_round, key, answer.reply)
                 continue
-            entry.update(_numbers(reply, P.METRICS))
-            entry.update(_numbers(reply, P.TRAINER))
+            problem = self._identity_problem(server_round, answer)
+            if problem is not None:
+                entry["ignored"] = problem
+                continue  # its claims are not recorded; the strategy sees the reply and judges
+            entry.update(_numbers(answer.reply, P.METRICS))
+            entry.update(_numbers(answer.reply, P.TRAINER))
             entries.append(entry)
             n, loss = entry.get(P.NUM_EXAMPLES), entry.get(P.TRAIN_LOSS)
             if n is not None and loss is not None and n > 0:
                 losses.append((n, loss))
         if losses:
             weights = np.array([n for n, _ in losses])
-            record.train = {
-                "loss": float(np.average([loss for _, loss in losses], weights=weights)),
-                "num_examples": float(weights.sum()),
-            }
+            with np.errstate(over="ignore", invalid="ignore"):
+                mean_loss = float(np.dot(weights / weights.sum(), [loss for _, loss in losses]))
+            record.train = {"loss": mean_loss, "num_examples": float(weights.sum())}
         record.privacy = privacy_summary(e for e in entries if "epsilon" in e)
         for device_class in sorted({e["device_class"] for e in entries if "device_class" in e}):
             of_class = [e for e in entries if e.get("device_class") == device_class]
@@ -256,6 +429,104 @@ class RoundLoop:
             epsilons = [e["epsilon"] for e in of_class if "epsilon" in e]
             if epsilons:
                 stats["epsilon_max"] = float(max(epsilons))
+
+    def _evaluate_reply(self, server_round: int, answer: Answer) -> DeviceEvaluation | str:
+        """Parse an evaluate reply; for a spoof or malformed content, why it is ignored (logged)."""
+        problem = self._identity_problem(server_round, answer)
+        if problem is not None:
+            return problem
+        device_id = self.roster.device_of(answer.node_id)
+        assert device_id is not None  # checked by _identity_problem
+        try:
+            n, loss, matrix = parse_evaluation(answer.reply, self.num_classes)
+        except ValueError as error:
+            log.warning(
+                "round %d: ignoring the malformed evaluate reply of device %s (node %s): %s",
+                server_round,
+                device_id,
+                answer.node_id,
+                error,
+            )
+            return f"malformed: {error}"
+        return DeviceEvaluation(device_id, n, loss, matrix)
+
+
+def pool_evaluations(
+    confusions: Sequence[np.ndarray], counts: Sequence[int], cap: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pool device confusion matrices with each device's weight bounded.
+
+    A device counts for ``min(n_i, cap · median_j n_j)`` examples: its matrix is scaled by
+    ``min(1, cap · median / n_i)``. The median is over the devices with examples, so a device that
+    lies about its count can only move it by lying with most of the others.
+
+    Parameters
+    ----------
+    confusions : Sequence[np.ndarray]
+        One ``(C, C)`` count matrix per device, each summing to its count.
+    counts : Sequence[int]
+        The devices' claimed example counts (>= 0).
+    cap : float
+        Multiple of the median (>= 1).
+
+    Returns
+    -------
+    tuple[np.ndarray, np.ndarray]
+        The pooled ``(C, C)`` float64 matrix and each device's scale factor in ``[0, 1]``
+        (1 for a device without examples: it adds nothing either way).
+
+    Examples
+    --------
+    >>> pooled, w = pool_evaluations(
+    ...     [np.eye(2) * 5, np.eye(2) * 5, np.array([[0, 0], [100, 0]])], [10, 10, 100], cap=3.0
+    ... )
+    >>> w.tolist(), pooled.tolist()
+    ([1.0, 1.0, 0.3], [[10.0, 0.0], [30.0, 10.0]])
+    """
+    n = np.asarray([float(c) for c in counts], dtype=np.float64)
+    weights = np.ones_like(n)
+    positive = n > 0
+    if positive.any():
+        weights[positive] = bounded_quantity(n[positive], cap) / n[positive]
+    shape = np.shape(confusions[0]) if len(confusions) else (0, 0)
+    pooled = np.zeros(shape, dtype=np.float64)
+    for matrix, weight in zip(confusions, weights, strict=True):
+        pooled += weight * np.asarray(matrix, dtype=np.float64)
+    return pooled, weights
+
+
+def error_summary(reason: str, limit: int = ERROR_CHARS) -> str:
+    r"""The type and message of an error reply's text, at most ``limit`` characters.
+
+    Flower's error reason for a ClientApp that raised under Ray is the whole chained Ray traceback
+    (some 2-3 KB), wrapped as ``<class '...'>:<'...'>``. The first traceback of a chain is the root
+    cause, and its last line is the exception, e.g. ``ValueError: Invalid learning rate: -0.1``.
+    A one-line reason (Flower's "Node Unavailable", a declined device) is kept as it is.
+
+    Examples
+    --------
+    >>> error_summary("Traceback ...\n  File 'x.py'\nValueError: bad\n\n"
+    ...               "The above exception was the direct cause of the following exception:\n\n"
+    ...               "RuntimeError: wrapped")
+    'ValueError: bad'
+    """
+    text = _ANSI.sub("", reason)
+    wrapped = _FLOWER_WRAPPER.fullmatch(text)
+    if wrapped:
+        text = wrapped.group(2)
+    root = _CHAIN.split(text)[0]
+    lines = [line.strip() for line in root.splitlines() if line.strip()]
+    summary = lines[-1] if lines else (wrapped.group(1) if wrapped else "")
+    return summary if len(summary) <= limit else summary[: limit - 3] + "..."
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_FLOWER_WRAPPER = re.compile(r"<class '([^']*)'>:<'(.*)'>", re.DOTALL)
+_CHAIN = re.compile(
+    r"^(?:The above exception was the direct cause of the following exception:"
+    r"|During handling of the above exception, another exception occurred:)\s*$",
+    re.MULTILINE,
+)
 
 
 @contextmanager
@@ -275,61 +546,98 @@ def forced_gc_suppressed() -> Iterator[None]:
         gc.collect = original
 
 
+def _finite(value: object) -> float | None:
+    """``value`` as a finite float, or ``None`` (bools, non-numbers, NaN, Inf, huge ints)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _numbers(reply: Message, record_name: str) -> dict[str, float]:
     """The finite numeric entries of one of a reply's records (absent or malformed: none)."""
-    try:
-        values = reply.content[record_name]
-    except KeyError:
+    values = reply.content.get(record_name)
+    if not isinstance(values, MetricRecord | ConfigRecord):
         return {}
     return {
-        str(name): float(value)
+        str(name): number
         for name, value in values.items()
-        if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+        if (number := _finite(value)) is not None
     }
 
 
-def _evaluate_reply(
-    reply: Message, num_classes: int
-) -> tuple[int, str, int, float, np.ndarray] | None:
-    """Parse an evaluate reply; ``None`` for errors or malformed content (logged)."""
-    if reply.has_error():
+def claimed_device(reply: Message) -> int | None:
+    """The device id a reply claims in its ``device`` record; ``None`` without one.
+
+    Raises
+    ------
+    ValueError
+        If the record is not a ConfigRecord or its ``device-id`` is not an int.
+    """
+    record = reply.content.get(P.DEVICE)
+    if record is None:
         return None
-    try:
-        metrics = reply.content[P.METRICS]
-        device = reply.content[P.DEVICE]
-        matrix = np.asarray(metrics[P.CONFUSION], dtype=np.int64).reshape(num_classes, num_classes)
-        n = int(metrics[P.NUM_EXAMPLES])  # type: ignore[arg-type]
-        loss = float(metrics[P.EVAL_LOSS])  # type: ignore[arg-type]
-        if n < 0 or (matrix < 0).any() or matrix.sum() != n or not np.isfinite(loss):
-            raise ValueError("inconsistent counts or loss")
-        return int(device[P.DEVICE_ID]), str(device[P.DEVICE_CLASS]), n, loss, matrix  # type: ignore[arg-type]
-    except (KeyError, TypeError, ValueError) as error:
-        log.warning(
-            "ignoring malformed evaluate reply from node %s: %s", reply.metadata.src_node_id, error
-        )
-        return None
+    if not isinstance(record, ConfigRecord):
+        raise ValueError(f"record {P.DEVICE!r} is not a ConfigRecord")
+    value = record.get(P.DEVICE_ID)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{P.DEVICE_ID!r} must be an int, found {value!r}")
+    return value
+
+
+def parse_evaluation(reply: Message, num_classes: int) -> tuple[int, float, np.ndarray]:
+    """``(num_examples, loss, confusion)`` of an evaluate reply, the matrix as int64.
+
+    Raises
+    ------
+    ValueError
+        If a value is missing, of the wrong type or inconsistent: counts must be ints in
+        ``[0, MAX_COUNT]``, the matrix ``num_classes²`` of them summing to the count, the loss a
+        finite number >= 0 (a cross-entropy).
+    """
+    metrics = reply.content.get(P.METRICS)
+    if not isinstance(metrics, MetricRecord):
+        raise ValueError(f"record {P.METRICS!r} is missing or not a MetricRecord")
+    n = _count(metrics.get(P.NUM_EXAMPLES), P.NUM_EXAMPLES)
+    cells = metrics.get(P.CONFUSION)
+    if not isinstance(cells, list) or len(cells) != num_classes * num_classes:
+        raise ValueError(f"{P.CONFUSION!r} must be a list of {num_classes}² counts")
+    counts = [_count(c, P.CONFUSION) for c in cells]
+    if sum(counts) != n:
+        raise ValueError(f"{P.CONFUSION!r} sums to {sum(counts)}, not {P.NUM_EXAMPLES} {n}")
+    loss = _finite(metrics.get(P.EVAL_LOSS))
+    if loss is None or loss < 0:
+        raise ValueError(f"{P.EVAL_LOSS!r} must be a finite number >= 0")
+    return n, loss, np.array(counts, dtype=np.int64).reshape(num_classes, num_classes)
+
+
+def _count(value: object, name: str) -> int:
+    """An example count: an int (or integral float) in ``[0, MAX_COUNT]``."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"{name!r} must hold counts in [0, 2**63 - 1], found {value!r}")
+    return value
 
 
 def detection_scores(
     strategy_report: dict[str, Any],
-    replies: Sequence[Message],
+    participants: set[int],
     federation: Federation,
-    roster: Roster,
 ) -> dict[str, float]:
     """Precision and recall of the strategy's rejections against the true attackers this round.
 
-    Only devices that replied count: an attacker that was not sampled cannot be caught.
+    Only ``participants`` count (the devices whose train reply was not an error): an attacker
+    that was not sampled cannot be caught.
     Empty when the strategy reports no rejections field. When the report has per-device weights,
     ``attacker_weight`` is the attackers' summed share of the aggregate: what a defence that
     down-weights rather than rejects (label flip, sign flip) let through.
     """
     if "rejected" not in strategy_report:
         return {}
-    participants = {
-        d
-        for r in replies
-        if not r.has_error() and (d := roster.device_of(r.metadata.src_node_id)) is not None
-    }
     rejected = {int(d) for d in strategy_report["rejected"]} & participants
     attackers = federation.attackers & participants
     caught = len(rejected & attackers)

@@ -25,7 +25,7 @@ from fl_iot.config import devices_per_round, to_container
 from fl_iot.device_runtime import RunContext, fresh_model, run_context
 from fl_iot.metrics import evaluate_model, scores
 from fl_iot.models import count_parameters
-from fl_iot.roster import take_roll_call
+from fl_iot.roster import Roster, take_roll_call
 from fl_iot.round_loop import CentralEvaluation, RoundLoop
 from fl_iot.tracking import History, RunInfo, build_sinks, package_versions, summarize
 
@@ -65,6 +65,18 @@ def build_strategy(cfg: DictConfig) -> Strategy:
         max_weight_ratio=central.max_weight_ratio,
         seed=cfg.seed,
     )
+
+
+def give_roster(strategy: Strategy, roster: Roster) -> None:
+    """Tell a strategy which device each node is, if it asks (``set_roster``).
+
+    fl-iot's strategies key devices by the roll call's ``{node_id: device_id}`` instead of the
+    device id a reply claims, so a node cannot speak for another device. Flower's own
+    strategies have no ``set_roster`` and key nothing by device.
+    """
+    setter = getattr(strategy, "set_roster", None)
+    if callable(setter):
+        setter(roster.device_keys())
 
 
 def initial_arrays(run: RunContext) -> ArrayRecord:
@@ -124,6 +136,7 @@ def run_server(
     status, error_text = "completed", ""
     try:
         roster = take_roll_call(grid, len(run.federation), cfg.engine.round_timeout_s)
+        give_roster(strategy, roster)
         setup_s = time.perf_counter() - started
         loop = RoundLoop(
             grid=grid,

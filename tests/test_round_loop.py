@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp.strategy import FedAvg
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from fl_iot.client_app import build_client_app
 from fl_iot.federation import build_federation
-from fl_iot.roster import Roster
 from fl_iot.round_loop import detection_scores
 from fl_iot.run_config import compose_config
 from fl_iot.server import run_server
@@ -125,23 +124,35 @@ def test_a_strategy_that_raises_does_not_end_the_run(tmp_path):
     assert json.loads(lines[1])["central"]["loss"] != pytest.approx(round_1["central"]["loss"])
 
 
+class RosterKeepingFedAvg(FedAvg):
+    """FedAvg that keeps the roster the server gives it."""
+
+    rosters: list[dict[int, str]] = []
+
+    def set_roster(self, roster):
+        type(self).rosters.append(dict(roster))
+
+
+def test_the_server_gives_the_roll_call_to_a_strategy_that_asks(tmp_path):
+    RosterKeepingFedAvg.rosters.clear()
+    cfg = tiny_config(f"strategy._target_={__name__}.RosterKeepingFedAvg")
+
+    _, grid = run(cfg, tmp_path)
+
+    partition = {n: c.node_config["partition-id"] for n, c in grid.contexts.items()}
+    assert RosterKeepingFedAvg.rosters == [{n: str(p) for n, p in partition.items()}]
+
+
 def test_detection_precision_and_recall_by_hand():
     set_task_identity()
     federation = build_federation([str(i) for i in range(4)], {"wearable": 1.0}, 0.5, seed=0)
     attackers = sorted(federation.attackers)
     honest = sorted(set(range(4)) - federation.attackers)
-    roster = Roster({100 + i: i for i in range(4)})
-    sent = [
-        Message(
-            content=RecordDict({"c": ConfigRecord()}), message_type="train", dst_node_id=100 + i
-        )
-        for i in range(4)
-    ]
-    replies = [Message(content=RecordDict(), reply_to=m) for m in sent]
+    participants = set(range(4))
     # Reject one attacker and one honest device: precision 1/2, recall 1/2.
     report = {"rejected": {str(attackers[0]): "far", str(honest[0]): "far"}}
 
-    result = detection_scores(report, replies, federation, roster)
+    result = detection_scores(report, participants, federation)
 
     assert result == {
         "rejected": 2.0,
@@ -150,11 +161,11 @@ def test_detection_precision_and_recall_by_hand():
         "precision": 0.5,
         "recall": 0.5,
     }
-    assert detection_scores({}, replies, federation, roster) == {}
+    assert detection_scores({}, participants, federation) == {}
     # With per-device weights, the attackers' summed share of the aggregate.
     weights = {attackers[0]: 0.0, attackers[1]: 0.05, honest[0]: 0.0, honest[1]: 0.95}
     report["devices"] = {str(d): {"weight": w} for d, w in weights.items()}
-    assert detection_scores(report, replies, federation, roster)["attacker_weight"] == 0.05
+    assert detection_scores(report, participants, federation)["attacker_weight"] == 0.05
 
 
 def test_forced_collections_are_skipped_during_aggregation_and_restored_after():
