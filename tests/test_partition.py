@@ -111,3 +111,74 @@ def test_a_single_segment_stays_for_training():
     train, test = split_device_data(5, 0.5, seed=0, segments=np.zeros(5, dtype=int))
 
     assert len(train) == 5 and len(test) == 0
+
+
+# ---- dirichlet ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("alpha", "seed"), [(0.3, 1), (1.0, 0), (5.0, 3), (0.5, 4)])
+def test_dirichlet_equals_flwr_datasets_dirichlet_partitioner_where_it_succeeds(alpha, seed):
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    from fl_iot.data.partition import _index_table
+
+    labels = np.random.default_rng(9).integers(0, 4, size=400)
+    partitioner = DirichletPartitioner(
+        num_partitions=6, partition_by="label", alpha=alpha, min_partition_size=2, seed=seed
+    )
+    partitioner.dataset = _index_table(labels, np.zeros(400))
+    expected = [partitioner.load_partition(i)["index"] for i in range(6)]
+
+    ours = partition_indices(labels, np.zeros(400), "dirichlet", 6, seed, dirichlet_alpha=alpha)
+
+    assert [p.tolist() for p in ours] == expected
+
+
+def test_dirichlet_tops_up_devices_that_every_draw_leaves_short(caplog):
+    # 30 devices, 3 classes, alpha 0.05: each class lands on one or two devices, in every draw.
+    labels = np.repeat([0, 1, 2], [200, 100, 60])
+
+    with caplog.at_level("INFO", logger="fl_iot.data.partition"):
+        partitions = partition_indices(
+            labels, labels, "dirichlet", 30, seed=0, dirichlet_alpha=0.05, min_partition_size=3
+        )
+
+    assert min(len(p) for p in partitions) >= 3
+    assert sorted(np.concatenate(partitions).tolist()) == list(range(360))
+    # Still a strong skew: most devices hold one class only.
+    assert sum(len(np.unique(labels[p])) == 1 for p in partitions) >= 20
+    assert "held fewer than 3 samples after 11 draws at alpha=0.05" in caplog.text
+    again = partition_indices(
+        labels, labels, "dirichlet", 30, seed=0, dirichlet_alpha=0.05, min_partition_size=3
+    )
+    assert [p.tolist() for p in partitions] == [p.tolist() for p in again]
+
+
+def test_dirichlet_refuses_more_devices_than_the_minimum_size_allows():
+    with pytest.raises(
+        ConfigError, match=r"100 training samples cannot serve num_devices=51.*<= 50"
+    ):
+        partition_indices(LABELS, GROUPS, "dirichlet", 51, seed=0, dirichlet_alpha=0.5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, -1.0, float("nan")])
+def test_dirichlet_rejects_a_non_positive_alpha(alpha):
+    with pytest.raises(ConfigError, match="dirichlet_alpha must be positive"):
+        partition_indices(LABELS, GROUPS, "dirichlet", 4, seed=0, dirichlet_alpha=alpha)
+
+
+def test_a_strong_label_skew_works_on_healthcare_wearables_for_every_seed():
+    from fl_iot.data.federated import load_federated_data
+
+    dataset = {
+        "name": "mitbih",
+        "partition": "dirichlet",
+        "dirichlet_alpha": 0.1,
+        "options": {"source": "bundled"},
+    }
+    for seed in range(10):
+        federated = load_federated_data(dataset, None, seed)
+        sizes = [len(p) for p in federated.partitions]
+        assert len(sizes) == 47
+        assert min(sizes) >= 2, seed
+        assert sum(sizes) == len(federated.source.train.y), seed

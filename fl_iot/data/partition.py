@@ -9,14 +9,16 @@ Three schemes are offered:
 ``iid``
     Samples shuffled and dealt evenly (``IidPartitioner``).
 ``dirichlet``
-    Label skew drawn from a Dirichlet(alpha) prior per class (``DirichletPartitioner``).
+    Label skew: each class is split among the devices in proportions drawn from Dirichlet(alpha),
+    and every device holds at least ``min_partition_size`` samples (see :func:`dirichlet_split`).
 
 flwr-datasets partitions Hugging Face ``datasets.Dataset`` objects; the samples themselves stay in
-numpy, and only an index column with the label and key goes through the partitioner.
+numpy, and only an index column with the label and key goes through the ``iid`` partitioner.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,11 @@ import numpy as np
 from fl_iot.errors import ConfigError
 
 PARTITION_SCHEMES = ("natural", "iid", "dirichlet")
+
+DIRICHLET_DRAWS = 11
+"""Dirichlet draws before a short device is topped up: flwr-datasets' first draw and 10 retries."""
+
+log = logging.getLogger(__name__)
 
 
 def partition_indices(
@@ -50,7 +57,7 @@ def partition_indices(
     dirichlet_alpha : float
         Concentration of the Dirichlet prior (smaller is more skewed).
     min_partition_size : int
-        Smallest partition the Dirichlet sampler accepts.
+        Fewest samples a device may hold under ``dirichlet``.
 
     Raises
     ------
@@ -70,28 +77,105 @@ def partition_indices(
         raise ConfigError(
             f"num_devices={devices} exceeds the {len(labels)} training samples of the dataset"
         )
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+    if scheme == "dirichlet":
+        return dirichlet_split(labels, devices, dirichlet_alpha, min_partition_size, seed)
+    from flwr_datasets.partitioner import IidPartitioner
 
-    table = _index_table(labels, groups)
-    partitioner: Any
-    if scheme == "iid":
-        partitioner = IidPartitioner(num_partitions=devices)
-        shuffled = table.shuffle(seed=seed)
-        partitioner.dataset = shuffled
-    else:
-        if dirichlet_alpha <= 0:
-            raise ConfigError(f"dirichlet_alpha must be positive, got {dirichlet_alpha}")
-        partitioner = DirichletPartitioner(
-            num_partitions=devices,
-            partition_by="label",
-            alpha=dirichlet_alpha,
-            min_partition_size=min_partition_size,
-            seed=seed,
-        )
-        partitioner.dataset = table
+    partitioner: Any = IidPartitioner(num_partitions=devices)
+    partitioner.dataset = _index_table(labels, groups).shuffle(seed=seed)
     return [
         np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64) for i in range(devices)
     ]
+
+
+def dirichlet_split(
+    labels: np.ndarray, devices: int, alpha: float, min_partition_size: int, seed: int
+) -> list[np.ndarray]:
+    """Split the samples among ``devices`` with Dirichlet(``alpha``) label skew.
+
+    Each class's samples are cut among the devices in proportions drawn from a symmetric
+    Dirichlet(``alpha``), and each device's indices are shuffled: the draws of flwr-datasets'
+    ``DirichletPartitioner`` (without self-balancing), which this reproduces index for index
+    whenever it succeeds. Like it, a draw that leaves a device with fewer than
+    ``min_partition_size`` samples is redrawn, up to :data:`DIRICHLET_DRAWS` draws. Where it then
+    gives up ("The max number of attempts (10) was reached"), this tops up the last draw instead:
+    with a strong skew (alpha 0.1 over 47 devices and 5 classes) each class lands on a handful of
+    devices, so most draws leave some device nearly empty, and more draws would not help a larger
+    fleet. Each short device, in id order, takes the samples it lacks from the device holding the
+    most, from that device's most common class, so the skew survives; the move is logged.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Class label of every sample.
+    devices : int
+        Number of partitions.
+    alpha : float
+        Concentration of the Dirichlet prior (smaller is more skewed); must be positive.
+    min_partition_size : int
+        Fewest samples a device may hold.
+    seed : int
+        Seed of the draws and shuffles.
+
+    Raises
+    ------
+    ConfigError
+        For a non-positive ``alpha``, or fewer than ``devices * min_partition_size`` samples.
+    """
+    if not alpha > 0:
+        raise ConfigError(f"dirichlet_alpha must be positive, got {alpha}")
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) < devices * min_partition_size:
+        raise ConfigError(
+            f"dataset.partition=dirichlet gives every device at least {min_partition_size} "
+            f"samples, but {len(labels)} training samples cannot serve num_devices={devices}; "
+            f"choose num_devices <= {len(labels) // min_partition_size}"
+        )
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(labels == k) for k in np.unique(labels)]
+    concentration = np.full(devices, float(alpha))
+    for _ in range(DIRICHLET_DRAWS):
+        parts: list[list[np.ndarray]] = [[] for _ in range(devices)]
+        for indices in by_class:
+            cuts = (np.cumsum(rng.dirichlet(concentration)) * len(indices)).astype(int)[:-1]
+            for part, chunk in zip(parts, np.split(indices, cuts), strict=True):
+                part.append(chunk)
+        partitions = [np.concatenate(part).astype(np.int64) for part in parts]
+        if min(len(p) for p in partitions) >= min_partition_size:
+            break
+    else:
+        partitions = _top_up(partitions, labels, min_partition_size, alpha)
+    for partition in partitions:
+        rng.shuffle(partition)
+    return partitions
+
+
+def _top_up(
+    partitions: list[np.ndarray], labels: np.ndarray, min_size: int, alpha: float
+) -> list[np.ndarray]:
+    short = [d for d, p in enumerate(partitions) if len(p) < min_size]
+    moved = 0
+    for device in short:
+        while (need := min_size - len(partitions[device])) > 0:
+            donor = int(np.argmax([len(p) for p in partitions]))  # holds > min_size: see caller
+            held = labels[partitions[donor]]
+            values, counts = np.unique(held, return_counts=True)
+            of_class = np.flatnonzero(held == values[np.argmax(counts)])
+            take = of_class[len(of_class) - min(need, len(of_class), len(held) - min_size) :]
+            partitions[device] = np.concatenate([partitions[device], partitions[donor][take]])
+            partitions[donor] = np.delete(partitions[donor], take)
+            moved += len(take)
+    log.info(
+        "dirichlet partition: %d of %d devices held fewer than %d samples after %d draws at "
+        "alpha=%g; moved %d samples to them from the largest devices",
+        len(short),
+        len(partitions),
+        min_size,
+        DIRICHLET_DRAWS,
+        alpha,
+        moved,
+    )
+    return partitions
 
 
 def _index_table(labels: np.ndarray, groups: np.ndarray) -> Any:
