@@ -22,7 +22,7 @@ fedmedian fedtrimmedavg multikrum bulyan trusted --seeds 0 1 2 3 4 5 6 7 8 --goa
 
 ``--attacks absent`` is a control: the devices that an attack at that fraction would corrupt never
 reply to training, which is what a perfect rejection leaves. ``--keep-metrics DIR`` keeps every
-run's ``metrics.jsonl`` (per-device signals and weights).
+run's ``metrics.jsonl`` (per-device signals and weights), named by :func:`metrics_file_name`.
 
 Extra Hydra overrides follow ``--``, e.g. ``-- strategy.direction_threshold=5``; they are part of
 a run's key, so variants of one strategy can share an output file.
@@ -31,12 +31,15 @@ a run's key, so variants of one strategy can share an output file.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import re
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,27 @@ def run_key(
     return (scenario, strategy, attack, 0.0 if attack == "none" else fraction, seed, tuple(extra))
 
 
+def metrics_file_name(
+    scenario: str, strategy: str, attack: str, fraction: float, seed: int, extra: list[str]
+) -> str:
+    """The file name under which ``--keep-metrics`` keeps a run's ``metrics.jsonl``.
+
+    One plain file name for any run, whatever its overrides hold (a path's ``/``, spaces,
+    quotes): every character outside ``[A-Za-z0-9._=+-]`` becomes ``-`` and the overrides are cut
+    to 80 characters, so the name stays readable; a digest of the exact overrides follows them,
+    so runs whose overrides differ never share a file.
+    """
+    parts = [scenario, strategy, attack, f"{fraction:g}", f"seed{seed}"]
+    if extra:
+        readable = _SAFE.sub("-", "_".join(extra))[:80]
+        digest = hashlib.sha256(json.dumps(extra).encode()).hexdigest()[:12]
+        parts += [readable, digest]
+    return _SAFE.sub("-", "_".join(parts)) + ".jsonl"
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
+
+
 def run_one(
     scenario: str,
     strategy: str,
@@ -63,8 +87,13 @@ def run_one(
     rounds: int,
     extra: list[str],
     keep_metrics: Path | None = None,
+    save: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """One in-process run; the per-round central accuracy and detection, as a JSON-able dict."""
+    """One in-process run; the per-round central accuracy and detection, as a JSON-able dict.
+
+    ``save``, if given, receives the result as soon as it exists, before ``metrics.jsonl`` is
+    copied to ``keep_metrics``: a run is never lost to a failure after it.
+    """
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import DictConfig, OmegaConf
 
@@ -109,10 +138,28 @@ def run_one(
         run_server(grid, cfg, Path(out))
         seconds = time.perf_counter() - start
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").open()]
+        result = summarize(scenario, strategy, attack, fraction, seed, extra, rounds, records)
+        result["seconds"] = round(seconds, 1)
+        if save is not None:
+            save(result)
         if keep_metrics is not None:
             keep_metrics.mkdir(parents=True, exist_ok=True)
-            name = "_".join([scenario, strategy, attack, f"{fraction:g}", f"seed{seed}", *extra])
-            shutil.copy(Path(out) / "metrics.jsonl", keep_metrics / f"{name}.jsonl")
+            name = metrics_file_name(scenario, strategy, attack, fraction, seed, extra)
+            shutil.copy(Path(out) / "metrics.jsonl", keep_metrics / name)
+    return result
+
+
+def summarize(
+    scenario: str,
+    strategy: str,
+    attack: str,
+    fraction: float,
+    seed: int,
+    extra: list[str],
+    rounds: int,
+    records: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A run's result from its ``metrics.jsonl`` records (without its ``seconds``)."""
     accuracy, honest_rejected, caught, rejected, attackers = [], 0, 0, 0, 0
     for record in records:
         accuracy.append((record.get("central") or {}).get("accuracy"))
@@ -140,8 +187,13 @@ def run_one(
         "caught": caught,
         "honest_rejected": honest_rejected,
         "attacker_replies": attackers,
-        "seconds": round(seconds, 1),
     }
+
+
+def append_result(path: Path, result: dict[str, Any]) -> None:
+    """Append one run's result to the ``--out`` file (one JSON line)."""
+    with path.open("a") as f:
+        f.write(json.dumps(result) + "\n")
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -238,9 +290,8 @@ def main() -> None:
                                 args.rounds,
                                 extra,
                                 args.keep_metrics,
+                                save=lambda r: append_result(args.out, r),
                             )
-                            with args.out.open("a") as f:
-                                f.write(json.dumps(result) + "\n")
                             results.append(result)
                             done.add(key)
                             print(
