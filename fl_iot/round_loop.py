@@ -638,7 +638,9 @@ def detection_scores(
     """
     if "rejected" not in strategy_report:
         return {}
-    rejected = {int(d) for d in strategy_report["rejected"]} & participants
+    # Keys that are no device id (a strategy's "node-<id>" for a node off the roster) name no
+    # participant.
+    rejected = {int(d) for d in strategy_report["rejected"] if str(d).isdigit()} & participants
     attackers = federation.attackers & participants
     caught = len(rejected & attackers)
     scores = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 from flwr.app import Message
@@ -127,7 +129,7 @@ def test_a_strategy_that_raises_does_not_end_the_run(tmp_path):
 class RosterKeepingFedAvg(FedAvg):
     """FedAvg that keeps the roster the server gives it."""
 
-    rosters: list[dict[int, str]] = []
+    rosters: ClassVar[list[dict[int, str]]] = []
 
     def set_roster(self, roster):
         type(self).rosters.append(dict(roster))
@@ -162,6 +164,9 @@ def test_detection_precision_and_recall_by_hand():
         "recall": 0.5,
     }
     assert detection_scores({}, participants, federation) == {}
+    # A rejection of a node off the roster names no participating device.
+    off_roster = {"rejected": {**report["rejected"], "node-1003": "not in the roster"}}
+    assert detection_scores(off_roster, participants, federation) == result
     # With per-device weights, the attackers' summed share of the aggregate.
     weights = {attackers[0]: 0.0, attackers[1]: 0.05, honest[0]: 0.0, honest[1]: 0.95}
     report["devices"] = {str(d): {"weight": w} for d, w in weights.items()}
