@@ -45,7 +45,7 @@ Accounting
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -142,6 +142,12 @@ class CentralDP(Strategy):
     def summary(self) -> None:
         """Log the wrapped strategy's summary."""
         self.dp.summary()
+
+    def set_roster(self, roster: Mapping[int, str] | None) -> None:
+        """Pass the roster, ``{node_id: device_key}``, on to the wrapped strategy if it has one."""
+        setter = getattr(self.strategy, "set_roster", None)
+        if callable(setter):
+            setter(roster)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -78,6 +78,12 @@ rejection needs ``min_replies`` (3) well-formed replies, the dispersion and copy
 ``min_replies_dispersion`` (10), and robust statistics assume an honest majority (at most
 ``max_reject_fraction`` is rejected).
 
+Identity: a reply is charged to the node its message was sent to (``reply_to_message_id``, so
+the SuperLink's error reply for a dead node too: :func:`answered_node`), and that node is a device
+through the roster given to ``set_roster(roster)`` (``{node_id: device_key}``); without one,
+devices are node ids. What a reply says about itself is never its identity: a claim that differs
+from the roster is rejected as a spoof (:mod:`strategies.validation`).
+
 The math lives in module-level functions (:mod:`strategies.scoring`, :mod:`strategies.weighting`,
 :mod:`strategies.arrays`, :mod:`strategies.validation`); the strategies are thin layers over
 Flower's API, and round reports follow :mod:`strategies.report`.
@@ -96,6 +102,7 @@ from strategies.scoring import (
     robust_center_scale,
     update_statistics,
 )
+from strategies.validation import answered_node, sent_destinations
 from strategies.weighting import bounded_quantity, combine_weights
 
 __all__ = [
@@ -109,8 +116,10 @@ __all__ = [
     "ReliabilityWeightedFedAvg",
     "agreement_quality",
     "anomaly_scores",
+    "answered_node",
     "bounded_quantity",
     "combine_weights",
     "robust_center_scale",
+    "sent_destinations",
     "update_statistics",
 ]

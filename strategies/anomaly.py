@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import traceback
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from logging import ERROR, INFO, WARNING
 from typing import Any
 
@@ -22,6 +22,7 @@ from strategies.reliability_fedavg import (
     ScoredReplies,
     late_devices,
     validate_sampling,
+    with_unknown_nodes,
 )
 from strategies.report import device_entry, device_order, merge_reports
 from strategies.scoring import (
@@ -39,10 +40,14 @@ from strategies.scoring import (
 from strategies.validation import (
     ANOMALOUS,
     FAILED,
+    UNKNOWN,
+    Outbox,
     ParsedReply,
     Rejection,
+    check_roster,
     check_values,
     clone_reply,
+    log_rejection,
     sanitized_metrics,
     screen_evaluate_replies,
     screen_train_replies,
@@ -67,8 +72,9 @@ class AnomalyRejection(Strategy):
     ``aggregate_train``. Each round it:
 
     1. screens every reply (error replies, missing/extra records, wrong keys/shapes/dtypes, bad
-       sample counts, duplicated device ids), then checks values in one streaming pass over the
-       parameters (NaN/Inf, overflowing or absurd norms);
+       sample counts, nodes outside the roster, claims of another device's identity), then
+       checks values in one streaming pass over the parameters (NaN/Inf, overflowing or absurd
+       norms);
     2. scores every well-formed update against robust statistics of the round: norm, direction
        to the coordinate-wise median reference, dispersion, distance to the nearest other update
        (colluders sending one vector), claimed count (see :mod:`strategies.scoring`); cost
@@ -81,6 +87,11 @@ class AnomalyRejection(Strategy):
 
     When the wrapped strategy is a :class:`~strategies.ReliabilityWeightedFedAvg`, the two share
     one tracker and the wrapper hands over its direction scores, so the norm pass runs once.
+
+    Devices are keyed by the node a reply answers, through the roster given to
+    :meth:`set_roster` (node ids without one), never by what a reply claims; see
+    :mod:`strategies.validation`. Whatever the wrapped strategy returns is cast back to the
+    dtypes and shapes of the model sent (:func:`~strategies.arrays.restore_layout`).
 
     Parameters
     ----------
@@ -176,8 +187,9 @@ class AnomalyRejection(Strategy):
             inner.tracker = tracker
         self.tracker = tracker
         self.current_arrays: ArrayRecord | None = None
-        self.node_devices: dict[int, str] = {}
-        self._configured: OrderedDict[int, set[int]] = OrderedDict()
+        self.roster: dict[int, str] | None = None
+        self._sent = Outbox(_KEEP_ROUNDS)
+        self._sent_evaluate = Outbox(_KEEP_ROUNDS)
         self._reports: OrderedDict[int, dict[str, Any]] = OrderedDict()
 
     def __repr__(self) -> str:
@@ -208,14 +220,28 @@ class AnomalyRejection(Strategy):
 
     # -- Flower Strategy API ---------------------------------------------------------------------
 
+    def set_roster(self, roster: Mapping[int, str] | None) -> None:
+        """Key devices by ``{node_id: device_key}`` from now on (``None``: by node id).
+
+        Passed on to the wrapped strategy when it has a ``set_roster`` too.
+
+        Raises
+        ------
+        ValueError
+            If the roster is malformed or puts one device on two nodes.
+        """
+        self.roster = check_roster(roster)
+        setter = getattr(self.strategy, "set_roster", None)
+        if callable(setter):
+            setter(roster)
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Delegate; remember the global model and the nodes asked to train."""
+        """Delegate; remember the global model and the messages sent."""
         self.current_arrays = arrays
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        self._configured[server_round] = {int(m.metadata.dst_node_id) for m in messages}
-        _trim(self._configured)
+        self._sent.record(server_round, messages)
         return messages
 
     def aggregate_train(
@@ -224,10 +250,8 @@ class AnomalyRejection(Strategy):
         """Reject malformed and anomalous replies; the wrapped strategy aggregates the rest."""
         replies = list(replies)
         parsed, rejections, spec = screen_train_replies(
-            replies, self._spec(), self.weighted_by_key, self.node_devices
+            replies, self._spec(), self.weighted_by_key, self.roster, self._sent.sent(server_round)
         )
-        for p in parsed:
-            self.node_devices[p.node_id] = p.device
         norms = np.zeros(0)
         if spec is not None:
             parsed, value_rejections, norms = check_values(parsed, spec, self.max_update_norm)
@@ -240,13 +264,7 @@ class AnomalyRejection(Strategy):
                 rejections.append(Rejection(p.device, p.node_id, str(reason), ANOMALOUS))
         rejections.sort(key=lambda r: (device_order(r.device), r.reason))
         for r in rejections:
-            log(
-                INFO,
-                "aggregate_train: rejected device %s (node %d): %s",
-                r.device,
-                r.node_id,
-                r.reason,
-            )
+            log_rejection(r)
 
         inner = self.strategy
         agreement = scores.agreement_z
@@ -298,14 +316,18 @@ class AnomalyRejection(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Delegate unchanged."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        """Delegate; remember the messages sent."""
+        messages = list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
+        self._sent_evaluate.record(server_round, messages)
+        return messages
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Drop evaluate replies that Flower's metric averaging would raise on, then delegate."""
-        kept, dropped = screen_evaluate_replies(replies, self.weighted_by_key)
+        kept, dropped = screen_evaluate_replies(
+            replies, self.weighted_by_key, self._sent_evaluate.sent(server_round)
+        )
         for node, reason in dropped:
             log(INFO, "aggregate_evaluate: ignored node %d: %s", node, reason)
         if not kept:
@@ -339,11 +361,13 @@ class AnomalyRejection(Strategy):
             return own
 
     def state_dict(self) -> dict[str, Any]:
-        """Serialisable server state: tracker, node-to-device map, and the wrapped strategy's."""
+        """Serialisable server state: the tracker, and the wrapped strategy's.
+
+        The roster is not part of it: a resumed run takes its own roll call and sets it.
+        """
         inner = getattr(self.strategy, "state_dict", None)
         return {
             "tracker": self.tracker.state_dict(),
-            "node_devices": {str(k): v for k, v in self.node_devices.items()},
             "strategy": inner() if callable(inner) else None,
         }
 
@@ -353,7 +377,6 @@ class AnomalyRejection(Strategy):
         if callable(inner) and state.get("strategy") is not None:
             inner(state["strategy"])
         self.tracker.load_state_dict(state["tracker"])
-        self.node_devices = {int(k): str(v) for k, v in state["node_devices"].items()}
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -437,11 +460,17 @@ class AnomalyRejection(Strategy):
                     p.device, server_round, R.COMPLETED, float(share[i]), direction[p.device]
                 )
         for r in rejections:
+            if r.kind == UNKNOWN:
+                continue  # a node outside the roster is no device: nothing to remember
             outcome = {FAILED: R.FAILED, ANOMALOUS: R.REJECTED}.get(r.kind, R.MALFORMED)
             self.tracker.observe(r.device, server_round, outcome, direction=direction.get(r.device))
-        configured = self._configured.get(server_round, set())
-        for device in late_devices(configured, replies, self.node_devices):
+        for device in self._late(server_round, replies):
             self.tracker.observe(device, server_round, R.LATE)
+
+    def _late(self, server_round: int, replies: list[Message]) -> list[str]:
+        return late_devices(
+            self._sent.nodes(server_round), replies, self._sent.sent(server_round), self.roster
+        )
 
     def _report(
         self,
@@ -466,7 +495,8 @@ class AnomalyRejection(Strategy):
                 anomaly_score=score[i] if scored[i] else None,
                 signals={name: values[i] for name, values in signals.items()},
             )
-        for r in rejections:
+        known = [r for r in rejections if r.kind != UNKNOWN]
+        for r in known:
             devices.setdefault(
                 r.device,
                 device_entry(
@@ -478,15 +508,13 @@ class AnomalyRejection(Strategy):
             "round": server_round,
             "num_replies": len(replies),
             "num_accepted": len(parsed) - int(scores.rejected.sum()),
-            "rejected": {r.device: r.reason for r in rejections},
-            "late": late_devices(
-                self._configured.get(server_round, set()), replies, self.node_devices
-            ),
+            "rejected": {r.device: r.reason for r in known},
+            "late": self._late(server_round, replies),
             "devices": dict(sorted(devices.items(), key=lambda kv: device_order(kv[0]))),
         }
         if error is not None:
             report["error"] = error
-        return report
+        return with_unknown_nodes(report, rejections)
 
 
 def _trim(store: OrderedDict[int, Any]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -22,10 +22,16 @@ from strategies.report import device_entry, device_order
 from strategies.scoring import AnomalyThresholds, agreement_among, agreement_quality
 from strategies.validation import (
     FAILED,
+    UNKNOWN,
+    Outbox,
     ParsedReply,
     Rejection,
+    check_roster,
     check_values,
     common_metric_keys,
+    log_rejection,
+    node_of,
+    roster_device,
     sanitized_metrics,
     screen_evaluate_replies,
     screen_train_replies,
@@ -39,7 +45,7 @@ from strategies.weighting import (
     weighted_metrics,
 )
 
-_KEEP_ROUNDS = 32  # round reports and configured-node sets kept in memory
+_KEEP_ROUNDS = 32  # round reports and sent-message metadata kept in memory
 
 
 @dataclass
@@ -124,6 +130,10 @@ class ReliabilityWeightedFedAvg(FedAvg):
     Malformed replies (error replies, missing/extra records, wrong keys, shapes or dtypes,
     NaN/Inf, bad sample counts) are rejected and logged with the device and the reason; they never
     raise. Every round's decisions are available from :meth:`round_report`.
+
+    Devices are keyed by the node a reply answers, through the roster given to
+    :meth:`set_roster` (node ids without one), never by what a reply claims; see
+    :mod:`strategies.validation`.
 
     Parameters
     ----------
@@ -221,8 +231,9 @@ class ReliabilityWeightedFedAvg(FedAvg):
         # Set by central DP (fl_iot.central_dp.CentralDP) each round; see the class docstring.
         self.max_weight_share: float | None = None
         self.current_arrays: ArrayRecord | None = None
-        self.node_devices: dict[int, str] = {}
-        self._configured: OrderedDict[int, set[int]] = OrderedDict()
+        self.roster: dict[int, str] | None = None
+        self._sent = Outbox(_KEEP_ROUNDS)
+        self._sent_evaluate = Outbox(_KEEP_ROUNDS)
         self._signals: dict[int, ScoredReplies] = {}
         self._reports: OrderedDict[int, dict[str, Any]] = OrderedDict()
 
@@ -255,14 +266,35 @@ class ReliabilityWeightedFedAvg(FedAvg):
 
     # -- Flower Strategy API ---------------------------------------------------------------------
 
+    def set_roster(self, roster: Mapping[int, str] | None) -> None:
+        """Key devices by ``{node_id: device_key}`` from now on; ``None``: by node id.
+
+        With a roster, a reply from a node that is not in it is refused, and one whose
+        ``device`` ConfigRecord claims another device is refused as a spoof (see
+        :func:`~strategies.validation.screen_train_replies`).
+
+        Raises
+        ------
+        ValueError
+            If the roster is malformed or puts one device on two nodes.
+        """
+        self.roster = check_roster(roster)
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample nodes like FedAvg; remember the global model and who was asked to train."""
+        """Sample nodes like FedAvg; remember the global model and the messages sent."""
         self.current_arrays = arrays
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        self._configured[server_round] = {int(m.metadata.dst_node_id) for m in messages}
-        _trim(self._configured)
+        self._sent.record(server_round, messages)
+        return messages
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample nodes like FedAvg; remember the messages sent."""
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        self._sent_evaluate.record(server_round, messages)
         return messages
 
     def receive_scored(self, server_round: int, scored: ScoredReplies) -> None:
@@ -295,10 +327,12 @@ class ReliabilityWeightedFedAvg(FedAvg):
             norms = np.array([handoff.entries[id(p.message)][3] for p in parsed])
         else:
             parsed, rejections, spec = screen_train_replies(
-                replies, self._spec(), self.weighted_by_key, self.node_devices
+                replies,
+                self._spec(),
+                self.weighted_by_key,
+                self.roster,
+                self._sent.sent(server_round),
             )
-            for p in parsed:
-                self.node_devices[p.node_id] = p.device
             direction_z = np.full(len(parsed), np.nan)  # not scored
             norms = np.zeros(len(parsed))
             if spec is not None:
@@ -310,13 +344,7 @@ class ReliabilityWeightedFedAvg(FedAvg):
                 direction_z = self._direction_z(server_round, parsed, spec, norms)
             anomaly = [None] * len(parsed)
         for r in rejections:
-            log(
-                INFO,
-                "aggregate_train: rejected device %s (node %d): %s",
-                r.device,
-                r.node_id,
-                r.reason,
-            )
+            log_rejection(r)
 
         counts = np.array([p.num_examples for p in parsed], dtype=np.float64)
         quantity = bounded_quantity(counts, self.quantity_cap)
@@ -354,11 +382,7 @@ class ReliabilityWeightedFedAvg(FedAvg):
             self._record_history(server_round, parsed, direction_z, rejections, replies)
         # With a wrapper in front, the replies here are only the accepted ones: lateness is the
         # wrapper's to report, or every rejected device would look late.
-        late = (
-            late_devices(self._configured.get(server_round, set()), replies, self.node_devices)
-            if handoff is None
-            else []
-        )
+        late = self._late(server_round, replies) if handoff is None else []
         self._reports[server_round] = self._report(
             server_round,
             replies,
@@ -375,7 +399,9 @@ class ReliabilityWeightedFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Average evaluate metrics like FedAvg, after dropping replies it would choke on."""
-        kept, dropped = screen_evaluate_replies(replies, self.weighted_by_key)
+        kept, dropped = screen_evaluate_replies(
+            replies, self.weighted_by_key, self._sent_evaluate.sent(server_round)
+        )
         for node, reason in dropped:
             log(INFO, "aggregate_evaluate: ignored node %d: %s", node, reason)
         return super().aggregate_evaluate(server_round, kept) if kept else None
@@ -395,16 +421,15 @@ class ReliabilityWeightedFedAvg(FedAvg):
         return report
 
     def state_dict(self) -> dict[str, Any]:
-        """Serialisable server state for a resumed run: tracker and node-to-device map."""
-        return {
-            "tracker": self.tracker.state_dict(),
-            "node_devices": {str(k): v for k, v in self.node_devices.items()},
-        }
+        """Serialisable server state for a resumed run: the reliability tracker.
+
+        The roster is not part of it: a resumed run takes its own roll call and sets it.
+        """
+        return {"tracker": self.tracker.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.tracker.load_state_dict(state["tracker"])
-        self.node_devices = {int(k): str(v) for k, v in state["node_devices"].items()}
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -475,12 +500,17 @@ class ReliabilityWeightedFedAvg(FedAvg):
         for p, z in zip(parsed, direction_z, strict=True):
             self.tracker.observe(p.device, server_round, R.COMPLETED, direction=float(z))
         for r in rejections:
+            if r.kind == UNKNOWN:
+                continue  # a node outside the roster is no device: nothing to remember
             outcome = R.FAILED if r.kind == FAILED else R.MALFORMED
             self.tracker.observe(r.device, server_round, outcome)
-        for device in late_devices(
-            self._configured.get(server_round, set()), replies, self.node_devices
-        ):
+        for device in self._late(server_round, replies):
             self.tracker.observe(device, server_round, R.LATE)
+
+    def _late(self, server_round: int, replies: list[Message]) -> list[str]:
+        return late_devices(
+            self._sent.nodes(server_round), replies, self._sent.sent(server_round), self.roster
+        )
 
     def _report(
         self,
@@ -508,22 +538,24 @@ class ReliabilityWeightedFedAvg(FedAvg):
                 norm_clip=clip[i],
                 anomaly_score=anomaly[i],
             )
-        for r in rejections:
+        known = [r for r in rejections if r.kind != UNKNOWN]
+        for r in known:
             devices.setdefault(
                 r.device,
                 device_entry(
                     r.kind, weight=0.0, reliability=self.tracker.reliability(r.device, server_round)
                 ),
             )
-        return {
+        report = {
             "strategy": type(self).__name__,
             "round": server_round,
             "num_replies": len(replies),
             "num_accepted": len(parsed),
-            "rejected": {r.device: r.reason for r in rejections},
+            "rejected": {r.device: r.reason for r in known},
             "late": late,
             "devices": dict(sorted(devices.items(), key=lambda kv: device_order(kv[0]))),
         }
+        return with_unknown_nodes(report, rejections)
 
 
 def validate_sampling(sample_size: int, max_update_norm: float | None) -> None:
@@ -541,13 +573,31 @@ def validate_sampling(sample_size: int, max_update_norm: float | None) -> None:
 
 
 def late_devices(
-    configured: set[int], replies: Iterable[Message], node_devices: dict[int, str]
+    configured: set[int],
+    replies: Iterable[Message],
+    sent: Mapping[str, int],
+    roster: Mapping[int, str] | None,
 ) -> list[str]:
-    """Devices of nodes that were asked to train but sent nothing (neither content nor error)."""
-    replied = {int(m.metadata.src_node_id) for m in replies}
-    return sorted(
-        (node_devices.get(node, str(node)) for node in configured - replied), key=device_order
-    )
+    """Devices of nodes that were asked to train but sent nothing (neither content nor error).
+
+    Replies are matched to nodes through the messages they answer (``sent``, see
+    :func:`~strategies.validation.node_of`), so the SuperLink's error reply for a dead node
+    counts as that node's answer. Nodes outside the roster are no devices and are left out.
+    """
+    answered = {node_of(m, sent) for m in replies}
+    devices = (roster_device(node, roster) for node in configured - answered)
+    return sorted((d for d in devices if d is not None), key=device_order)
+
+
+def with_unknown_nodes(report: dict[str, Any], rejections: Iterable[Rejection]) -> dict[str, Any]:
+    """``report`` plus ``unknown_nodes``, ``{node_id: reason}``, if unknown nodes replied.
+
+    Nodes outside the roster are no devices, so they stay out of ``rejected`` and ``devices``.
+    """
+    unknown = {str(r.node_id): r.reason for r in rejections if r.kind == UNKNOWN}
+    if unknown:
+        report["unknown_nodes"] = unknown
+    return report
 
 
 def _trim(store: OrderedDict[int, Any]) -> None:

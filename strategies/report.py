@@ -19,10 +19,15 @@ writes the dict to ``metrics.jsonl`` and W&B. Every strategy here uses the same 
 
 ``rejected`` is exactly the set of devices whose reply was excluded from aggregation this round
 (error replies included, with their reason), so precision/recall against the true attackers can be
-computed from it. ``weight`` is the device's share of the aggregate (the shares sum to 1);
-``quantity``, ``quality`` and ``reliability`` are the factors of the unnormalised weight, and
-``norm_clip`` the factor its update was shrunk by (1: not clipped) before averaging. A value
-that does not apply is ``None``; NaN never appears.
+computed from it. Devices are keyed by the roster, never by what a reply claims (a reply that
+claims another device is rejected under its own: ``"spoof: claims device 3, the roster says
+17"``); replies from nodes outside the roster are no device's and appear, only when there are
+any, under ``"unknown_nodes": {"<node id>": reason}``.
+
+``weight`` is the device's share of the aggregate (the shares sum to 1); ``quantity``,
+``quality`` and ``reliability`` are the factors of the unnormalised weight, and ``norm_clip`` the
+factor its update was shrunk by (1: not clipped) before averaging. A value that does not apply
+is ``None``; NaN never appears.
 """
 
 from __future__ import annotations
@@ -116,6 +121,9 @@ def merge_reports(outer: dict[str, Any], inner: dict[str, Any]) -> dict[str, Any
     merged["late"] = sorted(
         set(outer.get("late", [])) | set(inner.get("late", [])), key=device_order
     )
+    unknown = {**inner.get("unknown_nodes", {}), **outer.get("unknown_nodes", {})}
+    if unknown:
+        merged["unknown_nodes"] = unknown
     devices = {k: dict(v) for k, v in inner.get("devices", {}).items()}
     for device, entry in outer.get("devices", {}).items():
         base = devices.setdefault(device, {key: None for key in DEVICE_KEYS})
@@ -123,7 +131,8 @@ def merge_reports(outer: dict[str, Any], inner: dict[str, Any]) -> dict[str, Any
             if value is not None or key not in base:
                 base[key] = value
     merged["devices"] = dict(sorted(devices.items(), key=lambda item: device_order(item[0])))
-    extra = {k: v for k, v in inner.items() if k not in {"rejected", "late", "devices", "round"}}
+    merged_keys = {"rejected", "late", "devices", "round", "unknown_nodes"}
+    extra = {k: v for k, v in inner.items() if k not in merged_keys}
     if extra:
         merged["inner"] = extra
     return merged

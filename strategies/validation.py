@@ -6,20 +6,33 @@ layout of the global model the strategy sent, and turn every problem into a :cla
 (device, node, reason, kind). What survives is a :class:`ParsedReply`: zero-copy views of the
 arrays plus the identity and sample count the strategies need.
 
-Identity: a reply's device is ``content["device"]["device-id"]`` (fl-iot's protocol: a device is
-not a Flower node) and falls back to ``metadata.src_node_id`` in plain Flower apps. Keys are
-``str`` of an int, so reports stay JSON-friendly and parse back with ``int()``.
+Identity never comes from what a reply says about itself. A reply belongs to the node its
+message was sent to (:func:`answered_node`: the destination of the message named by
+``metadata.reply_to_message_id``; on the Deployment Engine the SuperLink answers for a dead node
+itself, with an error reply whose source is its own node id 1), and that node is a device
+through a *roster*, ``{node_id: device_key}``, that the application builds before the first
+round (fl-iot's roll call) and hands to the strategies with ``set_roster``:
+
+- with a roster, a node that is not in it is refused ("node N is not in the roster"), and a
+  reply whose ``device`` ConfigRecord claims another device id than the roster's is refused as
+  a spoof (fl-iot's protocol sends ``content["device"]["device-id"]``);
+- without one (a plain Flower app), the device is the node: ``str(node_id)``, and whatever the
+  content claims is ignored.
+
+Device keys are strings (``str`` of the device id in fl-iot), so reports stay JSON-friendly.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from logging import INFO, WARNING
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.supercore import log
 
 from fl_iot import protocol as P
 from strategies.arrays import (
@@ -39,6 +52,10 @@ MALFORMED = "malformed"
 """Rejection kind of a reply whose content cannot be aggregated."""
 ANOMALOUS = "anomalous"
 """Rejection kind of a well-formed update that the anomaly scores single out."""
+SPOOF = "spoof"
+"""Rejection kind of a reply that claims another device than the roster's for its node."""
+UNKNOWN = "unknown"
+"""Rejection kind of a reply from a node that is not in the roster: no device's history moves."""
 
 
 @dataclass(frozen=True)
@@ -66,28 +83,155 @@ class ParsedReply:
     metrics: MetricRecord
 
 
-def node_of(message: Message) -> int:
-    """The Flower node that sent ``message``."""
-    return int(message.metadata.src_node_id)
+def sent_destinations(messages: Iterable[Message]) -> dict[str, int]:
+    """``{message_id: dst_node_id}`` of the messages a grid has pushed.
+
+    A message gets its id when a grid pushes it, not when it is built: ``InMemoryGrid`` (the
+    Simulation Engine) writes a fresh UUID into the message object, ``HttpGrid`` (the Deployment
+    Engine) its content hash (``Message.object_id``), and both write it into the very object
+    handed to ``push_messages``/``send_and_receive``. So call this after sending, on the
+    messages that were sent; messages without an id (never pushed) are left out.
+    """
+    return {
+        m.metadata.message_id: int(m.metadata.dst_node_id)
+        for m in messages
+        if m.metadata.message_id
+    }
 
 
-def device_key(content: RecordDict, node_id: int) -> str:
-    """The device a reply speaks for: ``device-id`` when present, else the node id.
+def answered_node(reply: Message, sent: Mapping[str, int]) -> int | None:
+    """The node ``reply`` answers: the destination of the message it replies to.
+
+    ``None`` for a reply to none of ``sent``. This is the node to charge a reply to, error
+    replies included: the SuperLink accepts a reply only from the node its message was sent to,
+    and its own error reply for a node it found dead (source node 1) still names the message
+    it answers.
+
+    Parameters
+    ----------
+    reply : Message
+        A reply pulled from the grid.
+    sent : Mapping[str, int]
+        ``{message_id: dst_node_id}`` of the messages sent (:func:`sent_destinations`).
+    """
+    reply_to = reply.metadata.reply_to_message_id
+    return sent.get(reply_to) if reply_to else None
+
+
+def node_of(message: Message, sent: Mapping[str, int] | None = None) -> int:
+    """The node a reply is charged to: :func:`answered_node`, else its ``src_node_id``.
+
+    The fallback covers replies to messages this strategy did not see pushed (used without
+    ``configure_train``, or handed replies built by hand); the SuperLink vouches for
+    ``src_node_id`` of a reply from a node.
+    """
+    node = answered_node(message, sent) if sent else None
+    return int(message.metadata.src_node_id) if node is None else node
+
+
+class Outbox:
+    """The metadata of the messages a strategy sent per round, to map replies to their nodes.
+
+    Only ``Metadata`` is kept (not the messages, which hold the model): a grid writes the
+    message id into it when it pushes the message, after ``configure_*`` has returned, so the
+    ids are read when the replies are aggregated.
+    """
+
+    def __init__(self, keep_rounds: int = 32) -> None:
+        self._rounds: OrderedDict[int, list[Metadata]] = OrderedDict()
+        self._keep = keep_rounds
+
+    def record(self, server_round: int, messages: Iterable[Message]) -> None:
+        """Remember the messages configured for ``server_round``."""
+        self._rounds[server_round] = [m.metadata for m in messages]
+        self._rounds.move_to_end(server_round)
+        while len(self._rounds) > self._keep:
+            self._rounds.popitem(last=False)
+
+    def nodes(self, server_round: int) -> set[int]:
+        """The nodes the round's messages went to."""
+        return {int(m.dst_node_id) for m in self._rounds.get(server_round, [])}
+
+    def sent(self, server_round: int) -> dict[str, int]:
+        """``{message_id: dst_node_id}`` of the round's messages that have been pushed."""
+        return {
+            m.message_id: int(m.dst_node_id)
+            for m in self._rounds.get(server_round, [])
+            if m.message_id
+        }
+
+
+def check_roster(roster: Mapping[int, str | int] | None) -> dict[int, str] | None:
+    """Validate a ``{node_id: device_key}`` roster; device ids given as ints become strings.
 
     Raises
     ------
     ValueError
-        If a ``device`` ConfigRecord is present but carries no integer ``device-id``.
+        If it is not a mapping, a node id is not an int, a device key is neither a non-empty
+        string nor an int, or two nodes are the same device.
+    """
+    if roster is None:
+        return None
+    if not isinstance(roster, Mapping):
+        raise ValueError(f"roster must map node ids to device keys, got {type(roster).__name__}")
+    checked: dict[int, str] = {}
+    owner: dict[str, int] = {}
+    for node, device in roster.items():
+        if isinstance(node, bool) or not isinstance(node, int):
+            raise ValueError(f"roster node ids must be ints, got {node!r}")
+        if isinstance(device, bool) or not isinstance(device, str | int) or device == "":
+            raise ValueError(
+                f"roster device keys must be non-empty strings or ints, got {device!r} "
+                f"for node {node}"
+            )
+        key = str(device)
+        if key in owner:
+            raise ValueError(f"roster: device {key} is on two nodes, {owner[key]} and {node}")
+        owner[key] = node
+        checked[node] = key
+    return checked
+
+
+def roster_device(node: int, roster: Mapping[int, str] | None) -> str | None:
+    """The device key of ``node``: the roster's, or ``str(node)`` without a roster.
+
+    ``None`` when there is a roster and it does not know the node.
+    """
+    return str(node) if roster is None else roster.get(node)
+
+
+def claimed_device(content: RecordDict) -> int | None:
+    """The device id a reply claims in its ``device`` ConfigRecord, ``None`` if it claims none.
+
+    Only ever compared with the roster (a mismatch is a spoof), never used as the identity.
+
+    Raises
+    ------
+    ValueError
+        If a ``device`` record is present but is no ConfigRecord or carries no integer
+        ``device-id``.
     """
     record = content.get(P.DEVICE)
     if record is None:
-        return str(node_id)
+        return None
     if not isinstance(record, ConfigRecord):
         raise ValueError(f"record {P.DEVICE!r} is not a ConfigRecord")
     value = record.get(P.DEVICE_ID)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{P.DEVICE_ID!r} must be an int, found {value!r}")
-    return str(value)
+    return value
+
+
+def log_rejection(rejection: Rejection) -> None:
+    """Log one rejection: spoofs and unknown nodes at WARNING, everything else at INFO."""
+    level = WARNING if rejection.kind in (SPOOF, UNKNOWN) else INFO
+    log(
+        level,
+        "aggregate_train: rejected device %s (node %d): %s",
+        rejection.device,
+        rejection.node_id,
+        rejection.reason,
+    )
 
 
 def sample_count(metrics: MetricRecord, key: str) -> float:
@@ -197,7 +341,8 @@ def screen_train_replies(
     replies: Iterable[Message],
     spec: ModelSpec | None,
     weight_key: str,
-    node_devices: Mapping[int, str],
+    roster: Mapping[int, str] | None = None,
+    sent: Mapping[str, int] | None = None,
 ) -> tuple[list[ParsedReply], list[Rejection], ModelSpec | None]:
     """Split train replies into well-formed ones and rejections, never raising.
 
@@ -209,8 +354,11 @@ def screen_train_replies(
         The global model sent in ``configure_train``; ``None`` infers the layout from the replies.
     weight_key : str
         The MetricRecord key holding the sample count (``"num-examples"``).
-    node_devices : Mapping[int, str]
-        Node id to device key, learned from earlier replies; names the device of an error reply.
+    roster : Mapping[int, str] or None
+        ``{node_id: device_key}`` (see the module docstring); ``None``: devices are node ids.
+    sent : Mapping[str, int] or None
+        ``{message_id: dst_node_id}`` of the round's messages, to charge each reply (an error
+        reply from the SuperLink too) to the node it answers (:func:`node_of`).
 
     Returns
     -------
@@ -224,21 +372,27 @@ def screen_train_replies(
     parsed: list[ParsedReply] = []
     rejected: list[Rejection] = []
     for msg in replies:
-        node = node_of(msg)
+        node = node_of(msg, sent)
+        device = roster_device(node, roster)
+        if device is None:
+            reason = f"node {node} is not in the roster"
+            rejected.append(Rejection(f"node-{node}", node, reason, UNKNOWN))
+            continue
         if msg.has_error():
-            device = node_devices.get(node, str(node))
             rejected.append(Rejection(device, node, f"error reply: {msg.error.reason}", FAILED))
             continue
         if not msg.has_content():
-            rejected.append(
-                Rejection(node_devices.get(node, str(node)), node, "empty reply", MALFORMED)
-            )
+            rejected.append(Rejection(device, node, "empty reply", MALFORMED))
             continue
         content = msg.content
         try:
-            device = device_key(content, node)
+            claim = claimed_device(content) if roster is not None else None
         except ValueError as error:
-            rejected.append(Rejection(str(node), node, str(error), MALFORMED))
+            rejected.append(Rejection(device, node, str(error), MALFORMED))
+            continue
+        if claim is not None and str(claim) != device:
+            reason = f"spoof: claims device {claim}, the roster says {device}"
+            rejected.append(Rejection(device, node, reason, SPOOF))
             continue
         try:
             (arrays_key, record), (metrics_key, metrics) = _records(content)
@@ -252,14 +406,15 @@ def screen_train_replies(
         parsed.append(
             ParsedReply(msg, device, node, count, views, arrays_key, record, metrics_key, metrics)
         )
-    # A device id may speak through one reply per round; duplicates are all dropped, so the
-    # outcome cannot depend on which copy arrived first.
+    # One reply per device and round: a node answers each message once, so copies mean a
+    # replayed or duplicated reply. All are dropped, so the outcome cannot depend on which
+    # copy arrived first.
     copies = Counter(p.device for p in parsed)
     for p in parsed:
         if copies[p.device] > 1:
             rejected.append(
                 Rejection(
-                    p.device, p.node_id, f"{copies[p.device]} replies claim this device", MALFORMED
+                    p.device, p.node_id, f"{copies[p.device]} replies for this device", MALFORMED
                 )
             )
     parsed = sorted(
@@ -352,17 +507,18 @@ def clone_reply(message: Message, content: RecordDict) -> Message:
 
 
 def screen_evaluate_replies(
-    replies: Iterable[Message], weight_key: str
+    replies: Iterable[Message], weight_key: str, sent: Mapping[str, int] | None = None
 ) -> tuple[list[Message], list[tuple[int, str]]]:
     """Keep evaluate replies that Flower's metric averaging can digest, as sanitized copies.
 
     Returns the copies (one MetricRecord each, common keys only, valid weight) and
-    ``(node_id, reason)`` for every dropped reply.
+    ``(node_id, reason)`` for every dropped reply, the node being the one it answers
+    (:func:`node_of` with ``sent``).
     """
     kept: list[tuple[Message, str, MetricRecord]] = []
     dropped: list[tuple[int, str]] = []
     for msg in replies:
-        node = node_of(msg)
+        node = node_of(msg, sent)
         if msg.has_error():
             dropped.append((node, f"error reply: {msg.error.reason}"))
             continue

@@ -26,6 +26,13 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 D = 64
 GLOBAL = {"w": np.zeros(D, np.float32)}
 NODES = list(range(100, 110))
+ROSTER = {100 + i: str(i) for i in range(13)}  # node 100 + i is device i (colluders: 110-112)
+
+
+def _keyed(strategy: AnomalyRejection) -> AnomalyRejection:
+    """``strategy`` with the test's roster, as fl-iot's round loop sets it from the roll call."""
+    strategy.set_roster(ROSTER)
+    return strategy
 
 
 def _honest(seed: int = 0, n: int = 9) -> list[Message]:
@@ -52,7 +59,7 @@ def _boosted(seed: int = 0) -> Message:
 
 def test_wrapping_flowers_fedavg_rejects_the_outlier_and_averages_the_rest() -> None:
     # Prepare
-    strategy = AnomalyRejection(FedAvg(min_available_nodes=10))
+    strategy = _keyed(AnomalyRejection(FedAvg(min_available_nodes=10)))
     configure(strategy, 1, GLOBAL, NODES)
     honest = _honest()
     expected, expected_metrics = FedAvg().aggregate_train(1, _honest())
@@ -87,7 +94,7 @@ def test_metric_keys_that_differ_between_devices_do_not_crash_flowers_fedavg() -
 
 
 def test_wrapping_median_works_too() -> None:
-    strategy = AnomalyRejection(FedMedian(min_available_nodes=10))
+    strategy = _keyed(AnomalyRejection(FedMedian(min_available_nodes=10)))
     configure(strategy, 1, GLOBAL, NODES)
     arrays, _ = strategy.aggregate_train(1, [*_honest(), _boosted()])
     assert arrays is not None
@@ -97,7 +104,7 @@ def test_wrapping_median_works_too() -> None:
 def test_trusted_shares_the_tracker_and_feeds_rejections_into_reliability() -> None:
     # Prepare
     inner = ReliabilityWeightedFedAvg(min_available_nodes=10)
-    strategy = AnomalyRejection(inner)
+    strategy = _keyed(AnomalyRejection(inner))
     assert strategy.tracker is inner.tracker
     configure(strategy, 1, GLOBAL, NODES)
     # Execute: round 1 with the booster, round 2 all honest
@@ -115,15 +122,15 @@ def test_trusted_shares_the_tracker_and_feeds_rejections_into_reliability() -> N
 
 def test_merged_report_has_weights_from_the_inner_and_scores_from_the_wrapper() -> None:
     # Prepare
-    strategy = AnomalyRejection(ReliabilityWeightedFedAvg(min_available_nodes=10))
+    strategy = _keyed(AnomalyRejection(ReliabilityWeightedFedAvg(min_available_nodes=10)))
     configure(strategy, 1, GLOBAL, NODES)
-    # Execute
+    # Execute: node 110 (device 10) fails
     strategy.aggregate_train(1, [*_honest(), _boosted(), reply(110, error="boom")])
     report = strategy.round_report(1)
     # Assert
     assert json.loads(json.dumps(report, allow_nan=False)) == report
     assert report["strategy"] == "AnomalyRejection(ReliabilityWeightedFedAvg)"
-    assert set(report["rejected"]) == {"9", "110"}
+    assert set(report["rejected"]) == {"9", "10"}
     assert report["late"] == []
     accepted = {d: e for d, e in report["devices"].items() if e["status"] == "accepted"}
     assert set(accepted) == {str(i) for i in range(9)}
@@ -133,7 +140,7 @@ def test_merged_report_has_weights_from_the_inner_and_scores_from_the_wrapper() 
         assert 0 <= entry["anomaly_score"] < 1
         assert set(entry["signals"]) == set(SIGNALS)
     assert report["devices"]["9"]["anomaly_score"] >= 1 and report["devices"]["9"]["weight"] == 0.0
-    assert report["devices"]["110"]["status"] == "failed"
+    assert report["devices"]["10"]["status"] == "failed"
 
 
 def test_late_devices_are_reported_once_by_the_wrapper() -> None:
@@ -211,14 +218,13 @@ def test_evaluation_passes_through_and_is_hardened() -> None:
 
 
 def test_state_dict_round_trips_through_json() -> None:
-    strategy = AnomalyRejection(ReliabilityWeightedFedAvg(min_available_nodes=10))
+    strategy = _keyed(AnomalyRejection(ReliabilityWeightedFedAvg(min_available_nodes=10)))
     configure(strategy, 1, GLOBAL, NODES)
     strategy.aggregate_train(1, [*_honest(), _boosted()])
     resumed = AnomalyRejection(ReliabilityWeightedFedAvg(min_available_nodes=10))
     resumed.load_state_dict(json.loads(json.dumps(strategy.state_dict())))
     assert resumed.tracker is resumed.strategy.tracker  # type: ignore[attr-defined]
     assert resumed.tracker.reliability("9", 2) == pytest.approx(0.25)
-    assert resumed.node_devices == strategy.node_devices
 
 
 def test_a_given_tracker_is_installed_in_the_inner_strategy() -> None:
@@ -250,8 +256,10 @@ def test_is_a_flower_strategy_with_the_start_loop() -> None:
 
 def _trusted_round(replies: list[Message], rescore_accepted: bool) -> dict[str, Any]:
     """The report of one round of ``strategy=trusted``'s two strategies on ``replies``."""
-    strategy = AnomalyRejection(
-        ReliabilityWeightedFedAvg(min_available_nodes=9), rescore_accepted=rescore_accepted
+    strategy = _keyed(
+        AnomalyRejection(
+            ReliabilityWeightedFedAvg(min_available_nodes=9), rescore_accepted=rescore_accepted
+        )
     )
     configure(strategy, 1, GLOBAL, [*NODES, *COLLUDER_NODES])
     strategy.aggregate_train(1, replies)

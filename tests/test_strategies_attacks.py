@@ -17,6 +17,7 @@ from tests.test_strategies_support import (
     SyntheticTask,
     configure,
     fleet_replies,
+    fleet_roster,
     task_identity,  # noqa: F401  (fixture)
     train,
 )
@@ -53,7 +54,9 @@ MAX_SHARE = {("label_flip", 0.2): 0.75, ("label_flip", 0.4): None}
 
 
 def _trusted() -> AnomalyRejection:
-    return AnomalyRejection(ReliabilityWeightedFedAvg(min_available_nodes=N, min_train_nodes=N))
+    strategy = AnomalyRejection(ReliabilityWeightedFedAvg(min_available_nodes=N, min_train_nodes=N))
+    strategy.set_roster(fleet_roster(N))  # node 1000 + i is device i
+    return strategy
 
 
 def _detect(

@@ -212,6 +212,11 @@ def fleet_round(
     return task.round(task.initial_model())
 
 
+def fleet_roster(n: int, first_node: int = 1000) -> dict[int, str]:
+    """The roster of :func:`fleet_replies`: node ``first_node + i`` is device ``i``."""
+    return {first_node + i: str(i) for i in range(n)}
+
+
 def fleet_replies(fleet: Fleet, first_node: int = 1000) -> list[Message]:
     """Reply Messages of a fleet round: device-id ``i`` replies from node ``first_node + i``."""
     return [
@@ -224,6 +229,9 @@ def train(strategy: object, task: SyntheticTask, rounds: int) -> list[float]:
     """Run ``rounds`` federated rounds of ``task`` through ``strategy``; test accuracy per round."""
     model = task.initial_model()
     nodes = [1000 + i for i in range(task.n)]
+    set_roster = getattr(strategy, "set_roster", None)
+    if callable(set_roster):
+        set_roster(fleet_roster(task.n))
     accuracies = []
     for server_round in range(1, rounds + 1):
         configure(strategy, server_round, model, nodes)
