@@ -22,9 +22,11 @@ or, in your own code, build the apps with :func:`make_apps` and pass them to
 Using the strategies in your app
 --------------------------------
 - ``strategies`` only needs the replies Flower's FedAvg needs: one ArrayRecord and one
-  MetricRecord with ``num-examples``. Reliability history is keyed by
-  ``content["device"]["device-id"]`` when the reply carries such a ConfigRecord (this app sends
-  its partition id there), else by the Flower node id.
+  MetricRecord with ``num-examples``. Reliability history is keyed by the Flower node id, or,
+  after ``strategy.set_roster({node_id: device_key})``, by device. This app builds that roster
+  before round 1 with a roll call (a ``query`` message each node answers with its partition id,
+  :func:`roll_call`), so its reports name partitions. A reply's own claim is never its
+  identity: one that claims another device than the roster's is rejected as a spoof.
 - Replies that Flower's FedAvg would crash on (missing keys, NaN, wrong shapes, negative counts)
   are rejected instead; the round goes on with the rest.
 """
@@ -32,6 +34,7 @@ Using the strategies in your app
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -42,7 +45,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
-from strategies import AnomalyRejection, ReliabilityWeightedFedAvg
+from strategies import AnomalyRejection, ReliabilityWeightedFedAvg, answered_node, sent_destinations
 
 CLASSES, FEATURES = 3, 8
 log = logging.getLogger(__name__)
@@ -104,6 +107,30 @@ def _record(w: np.ndarray, b: np.ndarray) -> ArrayRecord:
     return ArrayRecord({"w": Array(w.astype(np.float32)), "b": Array(b.astype(np.float32))})
 
 
+def roll_call(grid: Grid, num_nodes: int, timeout_s: float = 60.0) -> dict[int, str]:
+    """Wait for ``num_nodes`` nodes and ask each for its partition id: ``{node_id: partition}``.
+
+    Replies are matched to nodes through the message they answer (``sent_destinations`` after
+    sending, ``answered_node``), not through what they say about themselves.
+    """
+    deadline = time.monotonic() + timeout_s
+    while len(nodes := list(grid.get_node_ids())) < num_nodes:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(nodes)} of {num_nodes} nodes connected")
+        time.sleep(0.1)
+    messages = [Message(RecordDict({}), dst_node_id=n, message_type="query") for n in nodes]
+    replies = list(grid.send_and_receive(messages, timeout=timeout_s))
+    sent = sent_destinations(messages)
+    roster: dict[int, str] = {}
+    for r in replies:
+        node = answered_node(r, sent)
+        record = r.content.config_records.get("device") if r.has_content() else None
+        partition = record.get("device-id") if record is not None else None
+        if node is not None and isinstance(partition, int) and not isinstance(partition, bool):
+            roster[node] = str(partition)
+    return roster
+
+
 @dataclass
 class ExampleResult:
     """What the ServerApp hands back: Flower's Result, the round reports, central accuracy."""
@@ -147,6 +174,7 @@ def make_apps(
                 min_evaluate_nodes=num_nodes,
             )
         )
+        strategy.set_roster(roll_call(grid, num_nodes))
         central: dict[int, float] = {}
 
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -191,10 +219,16 @@ def make_apps(
             {
                 "arrays": _record(w, b),
                 "metrics": MetricRecord({"num-examples": len(y), "train-loss": loss}),
-                # Optional: names the device for the reliability history (else: the node id).
+                # Optional: checked against the roster (a mismatch is refused as a spoof).
                 "device": ConfigRecord({"device-id": partition}),
             }
         )
+        return Message(content=content, reply_to=msg)
+
+    @client.query()
+    def query(msg: Message, context: Context) -> Message:
+        partition = int(context.node_config["partition-id"])
+        content = RecordDict({"device": ConfigRecord({"device-id": partition})})
         return Message(content=content, reply_to=msg)
 
     @client.evaluate()
