@@ -5,16 +5,16 @@ round 1 the server asks every node for its device id (a ``query`` message); from
 listed in device-id order, which, with a seeded sampler, makes the choice of devices per round
 reproducible. Waiting for every node also avoids Flower's round-1 under-sampling race.
 
-A reply is charged to the node its message was sent to (:func:`answered_node`), never to the
-reply's own ``src_node_id``: on the Deployment Engine the SuperLink answers for a dead node itself,
-with an error reply whose source is the SuperLink's node id (1).
+A reply is charged to the node its message was sent to (:func:`strategies.answered_node`), never
+to the reply's own ``src_node_id``: on the Deployment Engine the SuperLink answers for a dead node
+itself, with an error reply whose source is the SuperLink's node id (1).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from fl_iot.protocol import DEVICE, DEVICE_ID, ROLL_CALL
+from strategies import answered_node, sent_destinations
 
 log = logging.getLogger(__name__)
 
@@ -52,29 +53,6 @@ class Roster:
     def device_keys(self) -> dict[int, str]:
         """``{node_id: str(device_id)}``: the roster as the strategies key devices."""
         return {node: str(device) for node, device in self.node_to_device.items()}
-
-
-def sent_destinations(messages: Sequence[Message]) -> dict[str, int]:
-    """``{message_id: dst_node_id}`` of messages that a grid has pushed.
-
-    Flower's grids write each message's id into the message object when they push it
-    (``InMemoryGrid``: a fresh UUID; ``HttpGrid``: the message's object id), so the messages
-    handed to ``send_and_receive`` carry their ids afterwards. Messages without an id are left
-    out: no reply can be matched to them.
-    """
-    return {
-        m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id
-    }
-
-
-def answered_node(reply: Message, sent: Mapping[str, int]) -> int | None:
-    """The node a reply answers: the destination of the message it replies to.
-
-    ``None`` for a reply to none of ``sent``. This is the identity to trust: the SuperLink only
-    accepts a reply from the node the message was sent to, and its own error replies for a node
-    it found dead (source node 1) still name the message they answer.
-    """
-    return sent.get(reply.metadata.reply_to_message_id)
 
 
 def take_roll_call(grid: Grid, num_devices: int, timeout_s: float) -> Roster:
@@ -133,18 +111,11 @@ def roll_call_reply(message: Message, device_id: int) -> Message:
     )
 
 
-class DeviceOrderedGrid(Grid):
-    """A grid that lists the roster's nodes in device order and otherwise defers to the real grid.
+class DelegatingGrid(Grid):
+    """A grid that defers every call to another grid: the base of grids that change one call."""
 
-    It lists every node of the roster, also those Flower no longer reports: a device that stops
-    answering stays in the fleet, is still sampled, and is counted as failed (the SuperLink's
-    error reply for a dead node) or missing (no reply at all) instead of vanishing from the
-    counts. A node that connects after the roll call is not part of the study and is not listed.
-    """
-
-    def __init__(self, grid: Grid, roster: Roster) -> None:
+    def __init__(self, grid: Grid) -> None:
         self._grid = grid
-        self._roster = roster
 
     def set_run(self, run: Run) -> None:  # noqa: D102
         self._grid.set_run(run)
@@ -163,9 +134,8 @@ class DeviceOrderedGrid(Grid):
     ) -> Message:
         return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
-    def get_node_ids(self) -> Iterable[int]:
-        """The roster's node ids, sorted by device id."""
-        return self._roster.node_ids()
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+        return self._grid.get_node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
         return self._grid.push_messages(messages)
@@ -177,3 +147,21 @@ class DeviceOrderedGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         return self._grid.send_and_receive(messages, timeout=timeout)
+
+
+class DeviceOrderedGrid(DelegatingGrid):
+    """A grid that lists the roster's nodes in device order and otherwise defers to the real grid.
+
+    It lists every node of the roster, also those Flower no longer reports: a device that stops
+    answering stays in the fleet, is still sampled, and is counted as failed (the SuperLink's
+    error reply for a dead node) or missing (no reply at all) instead of vanishing from the
+    counts. A node that connects after the roll call is not part of the study and is not listed.
+    """
+
+    def __init__(self, grid: Grid, roster: Roster) -> None:
+        super().__init__(grid)
+        self._roster = roster
+
+    def get_node_ids(self) -> Iterable[int]:
+        """The roster's node ids, sorted by device id."""
+        return self._roster.node_ids()

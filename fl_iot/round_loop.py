@@ -5,7 +5,7 @@ It calls the strategy's ``configure_*`` and ``aggregate_*`` like Flower's ``Stra
 and adds what fl-iot needs around them:
 
 - every reply is charged to the node its message was sent to, and that node's device comes
-  from the roll call, never from the reply (:func:`fl_iot.roster.answered_node`); a reply that
+  from the roll call, never from the reply (:func:`strategies.answered_node`); a reply that
   claims another device's id is ignored and logged as a spoof;
 - replies are put in device order before aggregation, so float sums are reproducible;
 - node sampling is seeded per round (Flower's strategies sample with the global ``random``), over
@@ -40,8 +40,9 @@ from fl_iot import protocol as P
 from fl_iot.federation import Federation
 from fl_iot.metrics import scores
 from fl_iot.privacy.reporting import privacy_summary
-from fl_iot.roster import DeviceOrderedGrid, Roster, answered_node, sent_destinations
-from strategies import bounded_quantity
+from fl_iot.roster import DeviceOrderedGrid, Roster
+from strategies import answered_node, bounded_quantity, sent_destinations
+from strategies.validation import claimed_device
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +363,7 @@ class RoundLoop:
             )
             return f"node {answer.node_id} is not in the roll call"
         try:
-            claimed = claimed_device(answer.reply)
+            claimed = claimed_device(answer.reply.content)
         except ValueError as error:
             log.warning(
                 "round %d: ignoring the reply of device %s (node %s): %s",
@@ -567,25 +568,6 @@ def _numbers(reply: Message, record_name: str) -> dict[str, float]:
         for name, value in values.items()
         if (number := _finite(value)) is not None
     }
-
-
-def claimed_device(reply: Message) -> int | None:
-    """The device id a reply claims in its ``device`` record; ``None`` without one.
-
-    Raises
-    ------
-    ValueError
-        If the record is not a ConfigRecord or its ``device-id`` is not an int.
-    """
-    record = reply.content.get(P.DEVICE)
-    if record is None:
-        return None
-    if not isinstance(record, ConfigRecord):
-        raise ValueError(f"record {P.DEVICE!r} is not a ConfigRecord")
-    value = record.get(P.DEVICE_ID)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{P.DEVICE_ID!r} must be an int, found {value!r}")
-    return value
 
 
 def parse_evaluation(reply: Message, num_classes: int) -> tuple[int, float, np.ndarray]:
