@@ -39,6 +39,12 @@ deviation of the points within 2.5 scales refine it. Unlike median/MAD, this doe
 scale when 40 % of the values sit far on one side, which is what lets the thresholds hold at
 40 % attackers. Floors on each scale keep an unusually homogeneous round from turning small
 differences into rejections (see :class:`AnomalyThresholds`).
+
+In a small round (fewer than ``min_replies_dispersion`` replies) a direction outlier must also
+pull the model back (:func:`backward_pull`): there the shortest half holds at most five cosines,
+and a non-IID device with little left to learn sends a small update of its own direction that
+sits as many scales below the most similar devices as a sign flipper does; the two differ in how
+much of a typical update they would undo.
 """
 
 from __future__ import annotations
@@ -446,7 +452,23 @@ class AnomalyThresholds:
         values mean nothing).
     min_replies_dispersion : int
         The coordinate-wise MAD behind the dispersion signal, and the typical nearest-neighbour
-        distance behind the duplicate signal, need at least this many replies.
+        distance behind the duplicate signal, need at least this many replies. Rounds with fewer
+        replies are *small rounds*, where ``small_round_backward_pull`` applies.
+    small_round_backward_pull : float or None
+        In a small round an update is rejected for its direction only if it also pulls the model
+        back by at least this many median update norms (:func:`backward_pull`); its direction
+        z-score still counts in its direction history and weighting quality either way. With at
+        most five cosines in the shortest half, the robust scale is that of the few most similar
+        devices, and an honest device with little left to learn (a day without occupancy once
+        the model fits it) sends a small update of its own direction 6-11 scales below them: on
+        smart_home, 1 or 2 of the 6 honest devices in round 2 of 8 seeds out of 9. A reversed
+        typical update pulls back by about the typical cosine (0.4-0.8 median norms); over those
+        9 seeds the honest direction outliers pull back by at most 0.24 median norms and sign
+        flippers (20 and 40 %, 6 seeds) by at least 0.39, hence 0.3. An update that pulls back
+        by less undoes less than a third of one typical update; IPM's small reversed updates
+        (``-0.1·mean``) are among them. Larger rounds keep the z-score alone: a refusal is a
+        smaller share of the round, and the copy and centrality signals are on. ``None``: the
+        z-score alone in every round.
     max_reject_fraction : float
         At most this fraction of the well-formed replies is rejected as anomalous (the highest
         scores): robust statistics assume an honest majority, and a model change that moves
@@ -464,6 +486,7 @@ class AnomalyThresholds:
     cosine_relative_floor: float = 0.15
     min_replies: int = 3
     min_replies_dispersion: int = 10
+    small_round_backward_pull: float | None = 0.3
     max_reject_fraction: float = 0.5
 
     def __post_init__(self) -> None:
@@ -489,6 +512,9 @@ class AnomalyThresholds:
             raise ValueError(
                 f"min_replies_dispersion must be >= 3, got {self.min_replies_dispersion!r}"
             )
+        pull = self.small_round_backward_pull
+        if pull is not None and not pull > 0:
+            raise ValueError(f"small_round_backward_pull must be > 0 or None, got {pull!r}")
         if not 0 < self.max_reject_fraction < 1:
             raise ValueError(
                 f"max_reject_fraction must be in (0, 1), got {self.max_reject_fraction!r}"
@@ -578,9 +604,11 @@ def anomaly_scores(
         signals["duplicate_ratio"] = _relative_to_median(stats.nearest)
     signals["count_ratio"] = counts / np.median(counts)
 
+    small_round = n < t.min_replies_dispersion and t.small_round_backward_pull is not None
+    pull = backward_pull(stats.cosine, stats.norms) if small_round else np.full(n, np.nan)
     parts = {
         "norm_z": np.maximum(signals["norm_z"], 0.0) / t.norm_threshold,
-        "direction_z": np.maximum(-signals["direction_z"], 0.0) / t.direction_threshold,
+        "direction_z": direction_part(signals["direction_z"], pull, t),
     }
     if t.max_norm_ratio is not None:
         parts["norm_ratio"] = signals["norm_ratio"] / t.max_norm_ratio
@@ -603,8 +631,42 @@ def anomaly_scores(
         rejected = np.zeros(n, dtype=bool)
         rejected[keep] = True
     causes = [names[int(np.argmax(table[:, i]))] if rejected[i] else None for i in range(n)]
-    reasons = [None if c is None else _describe(c, signals[c][i], t) for i, c in enumerate(causes)]
+    reasons = [
+        None if c is None else _describe(c, signals[c][i], t, pull[i]) for i, c in enumerate(causes)
+    ]
     return AnomalyScores(score, signals, reasons, rejected, causes)
+
+
+def backward_pull(cosine: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """How far each update would move the model back along the round's robust reference.
+
+    ``-cosine × norm / median(norm)``: the update's component against the reference direction,
+    in median update norms. A typical update reversed scores about the typical cosine; an update
+    orthogonal to the reference, or along it, scores 0 or less. NaN for every update when the
+    median norm is 0 (no typical update to measure by).
+    """
+    norms = np.asarray(norms, dtype=np.float64)
+    median = float(np.median(norms)) if len(norms) else 0.0
+    if not median > 0:
+        return np.full(len(norms), np.nan)
+    return -np.asarray(cosine, dtype=np.float64) * norms / median
+
+
+def direction_part(
+    direction_z: np.ndarray, pull: np.ndarray, thresholds: AnomalyThresholds
+) -> np.ndarray:
+    """The direction signal's share of the score (1: the rejection boundary).
+
+    The robust z-score over ``direction_threshold``; where ``pull`` is finite (a small round,
+    see ``small_round_backward_pull``), at most the backward pull over its bound, so that
+    rejection needs both. NaN ``pull`` leaves the z-score's share as it is.
+    """
+    t = thresholds
+    part = np.maximum(-np.asarray(direction_z, dtype=np.float64), 0.0) / t.direction_threshold
+    if t.small_round_backward_pull is None:
+        return part
+    bound = np.maximum(np.asarray(pull, dtype=np.float64), 0.0) / t.small_round_backward_pull
+    return np.where(np.isfinite(pull), np.fmin(part, bound), part)
 
 
 def agreement_among(
@@ -652,15 +714,20 @@ def _relative_to_median(values: np.ndarray) -> np.ndarray:
         return np.where(values > 0, np.inf, np.where(values == 0, 0.0, np.nan))
 
 
-def _describe(signal: str, value: float, t: AnomalyThresholds) -> str:
+def _describe(signal: str, value: float, t: AnomalyThresholds, pull: float = math.nan) -> str:
     if signal == "norm_z":
         return f"update norm too large (robust z {value:.1f} > {t.norm_threshold:g})"
     if signal == "norm_ratio":
         return f"update norm too large ({value:.1f}× the round median > {t.max_norm_ratio:g})"
     if signal == "direction_z":
+        pulled = (
+            f"; pulls the model back by {pull:.2f} median norms > {t.small_round_backward_pull:g}"
+            if math.isfinite(pull)
+            else ""
+        )
         return (
             f"update direction off the robust reference "
-            f"(robust z {value:.1f} < -{t.direction_threshold:g})"
+            f"(robust z {value:.1f} < -{t.direction_threshold:g}{pulled})"
         )
     if signal == "dispersion_ratio":
         return (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord
@@ -12,6 +14,7 @@ from strategies.scoring import (
     SamplePlan,
     UpdateStatistics,
     agreement_z,
+    backward_pull,
     gather_sample,
     history_anomaly,
     median_cosine,
@@ -353,6 +356,66 @@ def test_rounds_smaller_than_min_replies_are_not_scored() -> None:
     assert np.isnan(scores.signals["norm_z"]).all()
 
 
+def test_backward_pull_hand_computed() -> None:
+    # Median norm 2: a reversed update of twice the median at cosine -0.5 pulls back by 1
+    # median norm; one along the reference pulls forward (negative)
+    pull = backward_pull(np.array([-0.5, 0.8, 0.0, -1.0]), np.array([4.0, 2.0, 2.0, 1.0]))
+    np.testing.assert_allclose(pull, [1.0, -0.8, 0.0, 0.5])
+    # No typical update to measure by: NaN, and the z-score alone decides
+    assert np.isnan(backward_pull(np.array([-1.0, 0.5, 0.5]), np.zeros(3))).all()
+
+
+def test_small_round_keeps_honest_small_updates_of_their_own_direction() -> None:
+    # Prepare: round 2 of smart_home (6 home hubs, seed 0, no attack): the two days with little
+    # left to learn send small updates (0.23 and 0.09 of the median norm) of their own
+    # direction; the shortest half is the 4 similar days, so they sit at robust z -9.7 and -6.6
+    cosine = [-0.33, 0.01, 0.69, 0.70, 0.74, 0.75]
+    norms = [0.23, 0.09, 0.95, 1.05, 1.0, 1.1]
+    stats = _stats(norms, cosine, [1.0] * 6)
+    # Execute
+    scores = anomaly_scores(stats, np.full(6, 1140.0), AnomalyThresholds())
+    z_alone = anomaly_scores(
+        stats, np.full(6, 1140.0), AnomalyThresholds(small_round_backward_pull=None)
+    )
+    # Assert: nobody rejected, though the direction signal (which the weighting's quality and
+    # the device's history use) still sees both; judged by the z-score alone both would go
+    assert not scores.rejected.any()
+    assert (scores.signals["direction_z"][:2] < -4).all()
+    assert scores.score[:2].max() < 0.75  # below history_anomaly's ramp: no reliability charge
+    assert z_alone.rejected.tolist() == [True, True, False, False, False, False]
+
+
+def test_small_round_still_rejects_sign_flippers_at_40_percent() -> None:
+    # Prepare: 5 replies, 2 of them (40 %, on one side) reversed typical updates, and one
+    # IPM-like small reversed update (0.1 of the median norm) in a round of 6
+    flipped = _stats([1.0, 1.1, 0.9, 0.8, 1.0], [0.70, 0.72, 0.75, -0.70, -0.65], [1.0] * 5)
+    small = _stats([1.0, 1.1, 0.9, 1.0, 1.2, 0.1], [0.70, 0.72, 0.75, 0.71, 0.69, -0.9], [1.0] * 6)
+    # Execute
+    flip_scores = anomaly_scores(flipped, np.full(5, 100.0), AnomalyThresholds())
+    small_scores = anomaly_scores(small, np.full(6, 100.0), AnomalyThresholds())
+    # Assert: the flippers pull back by 0.56 and 0.65 median norms and go, with the pull named;
+    # the small reversed update undoes 0.09 of a typical update and stays in
+    assert flip_scores.rejected.tolist() == [False, False, False, True, True]
+    assert "pulls the model back by 0.56 median norms" in str(flip_scores.reasons[3])
+    assert "pulls the model back by 0.65 median norms" in str(flip_scores.reasons[4])
+    assert not small_scores.rejected.any()
+    assert small_scores.signals["direction_z"][5] < -4
+
+
+def test_large_round_judges_direction_by_the_z_score_alone() -> None:
+    # Prepare: 25 replies (at least min_replies_dispersion): 15 honest, 10 (40 %, one side)
+    # reversed updates, half of them small (0.2 of the median norm: a pull of about 0.14)
+    honest_cos = [0.55 + 0.02 * i for i in range(15)]
+    norms = [1.0 + 0.02 * i for i in range(15)] + [1.0] * 5 + [0.2] * 5
+    cosine = honest_cos + [-0.7] * 10
+    stats = _stats(norms, cosine, [1.0] * 25)
+    # Execute
+    scores = anomaly_scores(stats, np.full(25, 100.0), AnomalyThresholds())
+    # Assert: all 10 go on direction, the small ones too; no pull in the reasons
+    assert scores.rejected.tolist() == [False] * 15 + [True] * 10
+    assert all("direction" in str(r) and "pulls" not in str(r) for r in scores.reasons[15:])
+
+
 def test_history_anomaly_ramp() -> None:
     np.testing.assert_allclose(
         history_anomaly(np.array([0.0, 0.75, 0.875, 1.0, 3.0])), [0.0, 0.0, 0.5, 1.0, 1.0]
@@ -371,8 +434,13 @@ def test_history_anomaly_ramp() -> None:
         pytest.param({"min_replies": 2}, "min_replies must be >= 3", id="min-replies"),
         pytest.param({"max_reject_fraction": 1.0}, "max_reject_fraction", id="fraction"),
         pytest.param({"cosine_scale_floor": -0.1}, "cosine_scale_floor", id="floor"),
+        pytest.param(
+            {"small_round_backward_pull": 0.0},
+            "small_round_backward_pull must be > 0 or None",
+            id="backward-pull",
+        ),
     ],
 )
-def test_thresholds_reject_bad_parameters(kwargs: dict[str, float], message: str) -> None:
+def test_thresholds_reject_bad_parameters(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         AnomalyThresholds(**kwargs)
