@@ -463,12 +463,12 @@ class AnomalyThresholds:
         the model fits it) sends a small update of its own direction 6-11 scales below them: on
         smart_home, 1 or 2 of the 6 honest devices in round 2 of 8 seeds out of 9. A reversed
         typical update pulls back by about the typical cosine (0.4-0.8 median norms); over those
-        9 seeds the honest direction outliers pull back by at most 0.24 median norms and sign
-        flippers (20 and 40 %, 6 seeds) by at least 0.39, hence 0.3. An update that pulls back
-        by less undoes less than a third of one typical update; IPM's small reversed updates
-        (``-0.1·mean``) are among them. Larger rounds keep the z-score alone: a refusal is a
-        smaller share of the round, and the copy and centrality signals are on. ``None``: the
-        z-score alone in every round.
+        9 seeds the honest direction outliers pull back by at most 0.24 median norms, and sign
+        flippers (20 and 40 %, 6 seeds) by at least 0.38 in round 1, where direction catches
+        them; hence 0.3. An update that pulls back by less undoes less than a third of one
+        typical update; IPM's small reversed updates (``-0.1·mean``) are among them. Larger
+        rounds keep the z-score alone: a refusal is a smaller share of the round, and the copy
+        and centrality signals are on. ``None``: the z-score alone in every round.
     max_reject_fraction : float
         At most this fraction of the well-formed replies is rejected as anomalous (the highest
         scores): robust statistics assume an honest majority, and a model change that moves
