@@ -53,7 +53,9 @@ class ScenarioConfig:
     min_train_devices: int = 2
     min_evaluate_devices: int = 2
     central_evaluation: bool = True
-    device_mix: dict[str, float] = field(default_factory=lambda: {"smartphone": 1.0})
+    # No default: a default mapping would be merged with, not replaced by, the scenario's own mix
+    # (Hydra merges mappings key by key), and every scenario would get its classes too.
+    device_mix: dict[str, float] = MISSING
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
 
