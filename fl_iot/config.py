@@ -8,6 +8,8 @@ worker starts.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,50 +220,48 @@ def honest_per_round(*, _root_: DictConfig) -> int:
 
 
 WANDB_MODES = ("offline", "online", "disabled")
+MAX_SEED = 2**32 - 1
+"""Seeds are 32-bit: every generator fl-iot seeds (numpy, torch, ``random``) accepts them."""
 
 
 def validate_config(cfg: DictConfig | Config) -> None:
     """Check the values of a composed config that its types cannot express.
+
+    Every numeric field is checked against its range (NaN and infinity are refused wherever a
+    finite number is meant), every name against its registry, and every section that the schema
+    types against the schema's keys: Hydra's ``+key=value`` adds a key even to a struct config,
+    and a misspelt key would otherwise be ignored without a word. Counts that the fleet bounds
+    (``min_train_devices`` and the strategy's ``min_*_nodes``) are checked against
+    ``num_devices``: Flower would wait for the missing devices for ever.
 
     Raises
     ------
     ConfigError
         Naming the first bad value and what would be valid.
     """
-    from clients import ATTACKS, TRAINERS, build_attack
-    from fl_iot.data import DATASETS
-    from fl_iot.privacy.profile import PrivacyProfile
+    from clients import ATTACKS, build_attack
     from fl_iot.tracking import SINK_FACTORIES
 
-    scenario = cfg.scenario
-    _require(
-        scenario.num_rounds >= 1, f"scenario.num_rounds must be >= 1, got {scenario.num_rounds}"
-    )
-    for key in ("fraction_train", "fraction_evaluate"):
-        value = scenario[key] if isinstance(scenario, DictConfig) else getattr(scenario, key)
-        _require(0.0 < value <= 1.0, f"scenario.{key} must be in (0, 1], got {value}")
-    _require(
-        scenario.num_devices >= 2, f"scenario.num_devices must be >= 2, got {scenario.num_devices}"
-    )
-    _require(
-        scenario.min_train_devices >= 1,
-        f"scenario.min_train_devices must be >= 1, got {scenario.min_train_devices}",
-    )
-    DATASETS.get(scenario.dataset.name)
+    if isinstance(cfg, DictConfig):
+        _refuse_unknown_keys(cfg, "")
+    _check("seed", cfg.seed, low=0, high=MAX_SEED)
+    _validate_scenario(cfg)
+    _validate_device_classes(cfg)
     _validate_device_mix(cfg)
     build_attack(cfg.attack.name, OmegaConf.to_container(cfg.attack.options, resolve=True))  # type: ignore[arg-type]
-    _require(
-        0.0 <= cfg.attack.fraction <= 1.0,
-        f"attack.fraction must be in [0, 1], got {cfg.attack.fraction}: that would make more "
-        "attackers than devices"
-        if cfg.attack.fraction > 1.0
-        else f"attack.fraction must be in [0, 1], got {cfg.attack.fraction}",
+    _check(
+        "attack.fraction",
+        cfg.attack.fraction,
+        low=0,
+        high=1,
+        hint=": that would make more attackers than devices" if cfg.attack.fraction > 1 else "",
     )
     _require(
         cfg.attack.name != "none" or cfg.attack.fraction == 0.0,
         f"attack.fraction={cfg.attack.fraction} needs an attack; choose attack=<name> from: "
         f"{', '.join(n for n in ATTACKS.names() if n != 'none')}",
     )
+    _validate_privacy(cfg)
     for name in cfg.tracking.sinks:
         _require(
             name in SINK_FACTORIES,
@@ -273,19 +273,92 @@ def validate_config(cfg: DictConfig | Config) -> None:
         f"tracking.wandb.mode must be one of {', '.join(WANDB_MODES)}, "
         f"got {cfg.tracking.wandb.mode!r}",
     )
+    engine = cfg.engine
+    _check("engine.num_cpus_per_client", engine.num_cpus_per_client, low=0, low_open=True)
+    _check("engine.num_cpus", engine.num_cpus, low=1, optional=True)
+    _check("engine.round_timeout_s", engine.round_timeout_s, low=0, low_open=True)
+    if isinstance(cfg, DictConfig) and isinstance(cfg.get("strategy"), DictConfig):
+        validate_strategy_options(cfg.strategy, cfg.scenario.num_devices)
+
+
+def _validate_scenario(cfg: DictConfig | Config) -> None:
+    from fl_iot.data import DATASETS
+    from fl_iot.data.partition import PARTITION_SCHEMES
+
+    scenario = cfg.scenario
+    _check("scenario.num_rounds", scenario.num_rounds, low=1)
+    _check("scenario.num_devices", scenario.num_devices, low=2)
+    for key in ("fraction_train", "fraction_evaluate"):
+        _check(f"scenario.{key}", getattr(scenario, key), low=0, high=1, low_open=True)
+    for key in ("min_train_devices", "min_evaluate_devices"):
+        _check(
+            f"scenario.{key}",
+            getattr(scenario, key),
+            low=1,
+            high=scenario.num_devices,
+            high_name=f"scenario.num_devices={scenario.num_devices}",
+            hint=": Flower would wait for more devices than the fleet has"
+            if getattr(scenario, key) > scenario.num_devices
+            else "",
+        )
+    dataset = scenario.dataset
+    DATASETS.get(dataset.name)
     _require(
-        cfg.engine.num_cpus_per_client > 0,
-        f"engine.num_cpus_per_client must be positive, got {cfg.engine.num_cpus_per_client}",
+        dataset.partition in PARTITION_SCHEMES,
+        f"unknown partition scheme {dataset.partition!r} in scenario.dataset.partition; valid "
+        f"choices: {', '.join(PARTITION_SCHEMES)}",
+    )
+    _check("scenario.dataset.dirichlet_alpha", dataset.dirichlet_alpha, low=0, low_open=True)
+    _check(
+        "scenario.dataset.device_test_fraction",
+        dataset.device_test_fraction,
+        low=0,
+        high=1,
+        high_open=True,
+    )
+    optimizer = scenario.optimizer
+    _check("scenario.optimizer.learning_rate", optimizer.learning_rate, low=0, low_open=True)
+    _check("scenario.optimizer.momentum", optimizer.momentum, low=0, high=1, high_open=True)
+    _check("scenario.optimizer.weight_decay", optimizer.weight_decay, low=0)
+
+
+def _validate_device_classes(cfg: DictConfig | Config) -> None:
+    from clients import TRAINERS
+    from fl_iot.privacy.profile import PrivacyProfile
+
+    _check(
+        "privacy.target_epsilon", cfg.privacy.target_epsilon, low=0, low_open=True, optional=True
     )
     for name, device_class in cfg.device_classes.items():
+        key = f"device_classes.{name}"
         TRAINERS.get(trainer_of(cfg, name))  # type: ignore[arg-type]
-        PrivacyProfile.from_mapping(privacy_profile_of(cfg, name))  # type: ignore[arg-type]
-        _require(device_class.batch_size >= 1, f"device_classes.{name}.batch_size must be >= 1")
-        _require(device_class.local_epochs >= 1, f"device_classes.{name}.local_epochs must be >= 1")
-        _require(
-            device_class.relative_speed > 0,
-            f"device_classes.{name}.relative_speed must be positive",
-        )
+        try:
+            PrivacyProfile.from_mapping(privacy_profile_of(cfg, name))  # type: ignore[arg-type]
+        except ConfigError as error:
+            text = str(error)
+            raise ConfigError(
+                f"{key}.{text}" if text.startswith("privacy.") else f"{key}: {text}"
+            ) from None
+        _check(f"{key}.local_epochs", device_class.local_epochs, low=1)
+        _check(f"{key}.max_steps", device_class.max_steps, low=1, optional=True)
+        _check(f"{key}.batch_size", device_class.batch_size, low=1)
+        _check(f"{key}.relative_speed", device_class.relative_speed, low=0, low_open=True)
+        _check(f"{key}.memory_limit_mb", device_class.memory_limit_mb, low=0, low_open=True)
+
+
+def _validate_privacy(cfg: DictConfig | Config) -> None:
+    central = cfg.privacy.central
+    _check(
+        "privacy.central.noise_multiplier",
+        central.noise_multiplier,
+        low=0,
+        low_open=True,
+        optional=True,
+        hint="; null switches central DP off",
+    )
+    _check("privacy.central.clipping_norm", central.clipping_norm, low=0, low_open=True)
+    _check("privacy.central.delta", central.delta, low=0, high=1, low_open=True, high_open=True)
+    _check("privacy.central.max_weight_ratio", central.max_weight_ratio, low=1)
 
 
 def _validate_device_mix(cfg: DictConfig | Config) -> None:
@@ -298,8 +371,117 @@ def _validate_device_mix(cfg: DictConfig | Config) -> None:
             f"unknown device class {name!r} in scenario.device_mix; valid choices: "
             f"{', '.join(known)}",
         )
-        _require(share >= 0, f"scenario.device_mix.{name} must be >= 0, got {share}")
+        _check(f"scenario.device_mix.{name}", share, low=0)
     _require(sum(mix.values()) > 0, "scenario.device_mix shares sum to 0")
+
+
+STRATEGY_OPTION_RANGES: dict[str, dict[str, Any]] = {
+    "fraction_train": {"low": 0, "high": 1},
+    "fraction_evaluate": {"low": 0, "high": 1},
+    "num_malicious_nodes": {"low": 0},
+    "num_nodes_to_select": {"low": 1},
+    "proximal_mu": {"low": 0},
+    "eta": {"low": 0, "low_open": True},
+    "eta_l": {"low": 0, "low_open": True},
+    "tau": {"low": 0, "low_open": True},
+    "beta_1": {"low": 0, "high": 1, "high_open": True},
+    "beta_2": {"low": 0, "high": 1, "high_open": True},
+    "server_learning_rate": {"low": 0, "low_open": True},
+    "server_momentum": {"low": 0, "high": 1, "high_open": True},
+    "q": {"low": 0},
+    "client_learning_rate": {"low": 0, "low_open": True},
+}
+"""Ranges of Flower strategy parameters that Flower's constructors accept without checking.
+
+A negative ``num_malicious_nodes`` makes Krum score with more neighbours than there are; a zero
+``eta`` or ``server_learning_rate`` freezes the model. Keys are matched by name in every node of
+the strategy config that has a ``_target_`` (fl-iot's strategies subclass Flower's and keep their
+parameter names).
+"""
+
+STRATEGY_NODE_MINIMUMS = {"min_train_nodes": 1, "min_evaluate_nodes": 0, "min_available_nodes": 0}
+"""Lower bounds of Flower's ``min_*_nodes``; the upper bound is the fleet's ``num_devices``."""
+
+
+def validate_strategy_options(
+    strategy: DictConfig, num_devices: int, path: str = "strategy"
+) -> None:
+    """Check the values of known Flower strategy parameters in a strategy config.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first parameter out of its range.
+    """
+    if "_target_" in strategy:
+        for key, value in strategy.items():
+            key = str(key)
+            if key in STRATEGY_OPTION_RANGES:
+                _check(f"{path}.{key}", value, **STRATEGY_OPTION_RANGES[key])
+            elif key in STRATEGY_NODE_MINIMUMS:
+                _check(
+                    f"{path}.{key}",
+                    value,
+                    low=STRATEGY_NODE_MINIMUMS[key],
+                    high=num_devices,
+                    high_name=f"scenario.num_devices={num_devices}",
+                )
+    for key, value in strategy.items():
+        if isinstance(value, DictConfig):
+            validate_strategy_options(value, num_devices, f"{path}.{key!s}")
+
+
+def _refuse_unknown_keys(node: DictConfig, path: str) -> None:
+    """Refuse keys that the dataclass behind ``node`` (and behind each sub-node) does not have."""
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        known = [f.name for f in dataclasses.fields(schema)]
+        for key in node:
+            _require(
+                key in known,
+                f"unknown key {path}{key!s}; valid keys of {path.rstrip('.') or 'the config'}: "
+                f"{', '.join(known)}",
+            )
+    for key, value in node.items_ex(resolve=False):
+        if isinstance(value, DictConfig):
+            _refuse_unknown_keys(value, f"{path}{key!s}.")
+
+
+def _check(
+    key: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+    high_name: str | None = None,
+    hint: str = "",
+) -> None:
+    """Refuse ``value`` unless it is a finite number within the bounds (or None if optional)."""
+    if value is None and optional:
+        return
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = number and math.isfinite(value)  # type: ignore[arg-type]
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low  # type: ignore[operator]
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high  # type: ignore[operator]
+    if ok:
+        return
+    top = high_name if high_name is not None else high
+    if low is not None and high is not None:
+        bounds = f"in {'(' if low_open else '['}{low}, {top}{')' if high_open else ']'}"
+    elif low is not None:
+        bounds = f"{'>' if low_open else '>='} {low}"
+        if not isinstance(value, int) or isinstance(value, bool):
+            bounds = f"a finite number {bounds}"
+    else:
+        bounds = f"{'<' if high_open else '<='} {top}"
+    raise ConfigError(
+        f"{key} must be {bounds}{' (or null)' if optional else ''}, got {value!r}{hint}"
+    )
 
 
 def _require(condition: bool, message: str) -> None:
