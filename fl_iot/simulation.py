@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
+from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.run import Run
 from omegaconf import DictConfig, OmegaConf
 
 from fl_iot.client_app import build_client_app
-from fl_iot.server import RunResult
-from fl_iot.server_app import build_server_app
+from fl_iot.errors import ConfigError
+from fl_iot.reaper import start_reaper
+from fl_iot.server import RunResult, run_server
 
 OFFLINE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -34,8 +41,19 @@ OFFLINE_ENV = {
 log = logging.getLogger(__name__)
 
 
+SERVER_STOP_TIMEOUT_S = 30.0
+"""How long a stopped run waits for its ServerApp to write its outputs."""
+
+
 class SimulationError(RuntimeError):
     """The simulation ended without the ServerApp finishing its run."""
+
+
+class RunStopped(RuntimeError):  # noqa: N818 (an event, like Flower's own RunNotRunning)
+    """Raised in the ServerApp's thread when the run was stopped (Ctrl-C, SIGTERM, a crash).
+
+    The ServerApp then ends like a failed run: ``summary.json`` says ``failed`` and why.
+    """
 
 
 _kept_ray_init_args: dict[str, Any] | None = None
@@ -58,7 +76,16 @@ def run_in_simulation(cfg: DictConfig, output_dir: Path) -> RunResult:
         os.environ.setdefault(key, value)
     quiet_flower_logs()
     result = RunResult()
-    server_app = build_server_app(lambda _: cfg, lambda _: output_dir, result)
+    stop, server_done = threading.Event(), threading.Event()
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _server_main(grid: Grid, context: Context) -> None:
+        try:
+            run_server(StoppableGrid(grid, stop), cfg, output_dir, result)
+        finally:
+            server_done.set()
+
     # Flower's Ray backend pickles the ClientApp factory with every message. Capturing the config
     # as YAML text, turned back into one cached DictConfig per worker, keeps each message's
     # payload small and lets the workers' per-run caches recognise the config by identity.
@@ -70,19 +97,118 @@ def run_in_simulation(cfg: DictConfig, output_dir: Path) -> RunResult:
         "client_resources": {"num_cpus": float(cfg.engine.num_cpus_per_client), "num_gpus": 0.0},
         "init_args": init_args,
     }
-    with warnings.catch_warnings(), ray_session(init_args, cfg.engine.keep_ray_alive):
+    # Before Ray starts: whatever ends this process, even SIGKILL, the reaper then stops every
+    # process Ray started (see fl_iot.reaper).
+    start_reaper()
+    with (
+        warnings.catch_warnings(),
+        ray_session(init_args, cfg.engine.keep_ray_alive),
+        sigterm_handler_kept(),
+    ):
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=cfg.scenario.num_devices,
-            backend_config=backend_config,
-        )
+        try:
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=cfg.scenario.num_devices,
+                backend_config=backend_config,
+            )
+        except BaseException:
+            # Ctrl-C or SIGTERM (raised in this thread), or a crashed Simulation Runtime: the
+            # ServerApp's thread would wait for replies that never come, up to round_timeout_s,
+            # and keep the process from exiting. Stop it at its next call to the grid and let it
+            # write its outputs.
+            stop.set()
+            server_done.wait(SERVER_STOP_TIMEOUT_S)
+            raise
     if not result.summary:
         stop_kept_ray_session()  # whatever went wrong, the next run starts from a fresh session
         raise SimulationError("the simulation ended before the ServerApp reported a result")
     return result
+
+
+def check_engine_resources(cfg: DictConfig) -> None:
+    """Refuse a client resource request that Ray could never grant (Flower would wait for ever).
+
+    Raises
+    ------
+    ConfigError
+        If ``engine.num_cpus_per_client`` exceeds the CPUs Ray gets.
+    """
+    num_cpus = cfg.engine.num_cpus or os.cpu_count() or 1
+    if cfg.engine.num_cpus_per_client > num_cpus:
+        raise ConfigError(
+            f"engine.num_cpus_per_client={cfg.engine.num_cpus_per_client} is more than the "
+            f"{num_cpus} CPUs Ray gets (engine.num_cpus, or this machine's count when null): no "
+            "ClientApp could ever be scheduled; choose a value in (0, "
+            f"{num_cpus}]"
+        )
+
+
+class StoppableGrid(Grid):
+    """The ServerApp's grid, with a stop switch that every call checks.
+
+    Flower's in-memory grid waits for replies in a loop that nothing outside can end, and its
+    strategies wait for nodes in another (``sample_nodes``, without a timeout). After the
+    simulation's main loop has stopped, both would keep the ServerApp's thread, and with it the
+    process, alive. Every call here raises :class:`RunStopped` once ``stop`` is set, and
+    :meth:`send_and_receive` is Flower's polling loop with that check in it.
+    """
+
+    def __init__(self, grid: Grid, stop: threading.Event) -> None:
+        self._grid = grid
+        self._stop = stop
+
+    def _check(self) -> None:
+        if self._stop.is_set():
+            raise RunStopped("the run was stopped before it finished")
+
+    def set_run(self, run: Run) -> None:  # noqa: D102
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Run:  # noqa: D102
+        return self._grid.run
+
+    def create_message(  # noqa: D102
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+        self._check()
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        self._check()
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        self._check()
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Push ``messages`` and pull their replies until all came or ``timeout`` passed."""
+        pending = set(self.push_messages(messages))
+        interval = float(getattr(self._grid, "pull_interval", 0.1))
+        end = time.monotonic() + (timeout if timeout is not None else 0.0)
+        replies: list[Message] = []
+        while timeout is None or time.monotonic() < end:
+            pulled = list(self.pull_messages(pending))
+            replies.extend(pulled)
+            pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
+            if not pending:
+                break
+            self._stop.wait(interval)
+        return replies
 
 
 @contextmanager
@@ -119,6 +245,35 @@ def ray_session(init_args: dict[str, Any], keep_alive: bool) -> Iterator[None]:
         ray.shutdown = shutdown
     if ray.is_initialized():
         _kept_ray_init_args = dict(init_args)
+
+
+@contextmanager
+def sigterm_handler_kept() -> Iterator[None]:
+    """Put the process's own SIGTERM handler back after ``ray.init`` replaces it.
+
+    ``ray.init`` installs a SIGTERM handler that exits at once, and its core worker then one that
+    aborts the process with a stack dump (exit -6), so neither the CLI's clean stop nor the run's
+    outputs would survive a ``kill``. Only a handler set in Python (the CLI's) is put back.
+    """
+    import ray
+
+    previous = signal.getsignal(signal.SIGTERM)
+    init = ray.init
+    if not callable(previous) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def init_keeping_handler(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return init(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    ray.init = init_keeping_handler  # Flower's backend calls ray.init() through the module
+    try:
+        yield
+    finally:
+        ray.init = init
 
 
 def stop_kept_ray_session() -> None:

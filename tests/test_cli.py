@@ -110,7 +110,7 @@ def test_bad_input_gives_one_clear_message_and_no_traceback(tmp_path):
         results = list(pool.map(attempt, [args for args, _ in BAD_INPUT]))
 
     for (args, expected), result in zip(BAD_INPUT, results, strict=True):
-        assert result.returncode != 0, args
+        assert result.returncode == 2, (args, result.stderr[-2000:])
         assert "Traceback" not in result.stderr + result.stdout, args
         for text in expected:
             assert text in result.stderr, (args, text, result.stderr)
