@@ -40,11 +40,11 @@ scale when 40 % of the values sit far on one side, which is what lets the thresh
 40 % attackers. Floors on each scale keep an unusually homogeneous round from turning small
 differences into rejections (see :class:`AnomalyThresholds`).
 
-In a small round (fewer than ``min_replies_dispersion`` replies) a direction outlier must also
-pull the model back (:func:`backward_pull`): there the shortest half holds at most five cosines,
-and a non-IID device with little left to learn sends a small update of its own direction that
-sits as many scales below the most similar devices as a sign flipper does; the two differ in how
-much of a typical update they would undo.
+In a small round (fewer than ``min_replies_dispersion`` replies) a direction outlier that is no
+copy of another update must also pull the model back (:func:`backward_pull`): there the shortest
+half holds at most five cosines, and a non-IID device with little left to learn sends a small
+update of its own direction that sits as many scales below the most similar devices as a sign
+flipper does; the two differ in how much of a typical update they would undo.
 """
 
 from __future__ import annotations
@@ -466,9 +466,13 @@ class AnomalyThresholds:
         9 seeds the honest direction outliers pull back by at most 0.24 median norms, and sign
         flippers (20 and 40 %, 6 seeds) by at least 0.38 in round 1, where direction catches
         them; hence 0.3. An update that pulls back by less undoes less than a third of one
-        typical update; IPM's small reversed updates (``-0.1·mean``) are among them. Larger
-        rounds keep the z-score alone: a refusal is a smaller share of the round, and the copy
-        and centrality signals are on. ``None``: the z-score alone in every round.
+        typical update. An update closer to another than ``duplicate_ratio`` of its norm
+        (:func:`nearest_relative_distance`; honest ones stay above 0.15 on every scenario) is a
+        colluder's copy and keeps the z-score decision: a lone IPM update (``-0.1·mean``) pulls
+        back by 0.04 and is let in, but two copies of one vector among six replies shift the
+        coordinate-wise median that every other device is judged by. Larger rounds keep the
+        z-score alone: a refusal is a smaller share of the round, and the copy and centrality
+        signals are on. ``None``: the z-score alone in every round.
     max_reject_fraction : float
         At most this fraction of the well-formed replies is rejected as anomalous (the highest
         scores): robust statistics assume an honest majority, and a model change that moves
@@ -606,6 +610,9 @@ def anomaly_scores(
 
     small_round = n < t.min_replies_dispersion and t.small_round_backward_pull is not None
     pull = backward_pull(stats.cosine, stats.norms) if small_round else np.full(n, np.nan)
+    if small_round and t.duplicate_ratio is not None and stats.nearest is not None:
+        # Copies are colluders, whose harm is the reference they shift, not their own pull.
+        pull[np.nan_to_num(stats.nearest, nan=np.inf) < t.duplicate_ratio] = np.nan
     parts = {
         "norm_z": np.maximum(signals["norm_z"], 0.0) / t.norm_threshold,
         "direction_z": direction_part(signals["direction_z"], pull, t),

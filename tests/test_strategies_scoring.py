@@ -402,6 +402,21 @@ def test_small_round_still_rejects_sign_flippers_at_40_percent() -> None:
     assert small_scores.signals["direction_z"][5] < -4
 
 
+def test_small_round_rejects_copies_for_their_direction_however_small() -> None:
+    # Prepare: 6 replies, 2 of them one IPM vector (-0.1·mean: a pull of 0.09 median norms each,
+    # nearest distance 0); honest devices are never copies
+    norms = [1.0, 1.1, 0.9, 1.0, 0.1, 0.1]
+    cosine = [0.70, 0.72, 0.75, 0.71, -0.9, -0.9]
+    nearest = np.array([0.8, 0.9, 0.8, 1.0, 0.0, 0.0])
+    stats = UpdateStatistics(np.array(norms), np.array(cosine), np.ones(6), nearest)
+    # Execute
+    scores = anomaly_scores(stats, np.full(6, 100.0), AnomalyThresholds())
+    # Assert: both go on direction (the copy signal itself needs min_replies_dispersion replies)
+    assert scores.rejected.tolist() == [False] * 4 + [True] * 2
+    assert all("direction" in str(r) and "pulls" not in str(r) for r in scores.reasons[4:])
+    assert np.isnan(scores.signals["duplicate_ratio"]).all()
+
+
 def test_large_round_judges_direction_by_the_z_score_alone() -> None:
     # Prepare: 25 replies (at least min_replies_dispersion): 15 honest, 10 (40 %, one side)
     # reversed updates, half of them small (0.2 of the median norm: a pull of about 0.14)
