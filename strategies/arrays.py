@@ -1,8 +1,9 @@
 """Zero-copy access to the arrays in Flower records, and streaming reductions over many updates.
 
 Flower's ``Array.numpy()`` runs ``np.load`` on the serialized bytes, which copies every update
-(4 MB per update at one million float32 parameters). The aggregation hot path here instead parses
-the ``.npy`` header once and views the payload in place with ``np.frombuffer``: no copy, no
+(4 MB per update at one million float32 parameters). The aggregation hot path here instead reads
+the ``.npy`` header once (numpy's own header reader, which never unpickles; parsed headers are
+cached by their bytes) and views the payload in place with ``np.frombuffer``: no copy, no
 ``gc.collect()`` (the trap of ``keep_input=False`` conversions), and a malformed payload is caught
 while parsing instead of deep inside numpy.
 
@@ -13,14 +14,21 @@ CPU cache while the updates stream past; each update is read exactly once per re
 
 from __future__ import annotations
 
-import ast
+import io
 import math
+import tokenize
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
+from numpy.lib.format import (
+    MAGIC_PREFIX,
+    read_array_header_1_0,
+    read_array_header_2_0,
+    read_magic,
+)
 
 SUPPORTED_KINDS = "fiub"
 """dtype kinds a model may hold: floating-point parameters, integer and boolean buffers."""
@@ -28,7 +36,8 @@ SUPPORTED_KINDS = "fiub"
 CHUNK = 65_536
 """Elements per chunk in the streaming reductions (256 KiB of float32: fits in L2)."""
 
-_NPY_MAGIC = b"\x93NUMPY"
+# numpy's header reader by format version. Version 3 (UTF-8 field names) is structured only.
+_HEADER_READERS = {1: read_array_header_1_0, 2: read_array_header_2_0}
 # Parsed headers by their bytes: every reply of a round shares the global model's headers.
 _HEADER_CACHE: OrderedDict[bytes, _Header] = OrderedDict()
 _HEADER_CACHE_SIZE = 1024
@@ -48,26 +57,32 @@ class _Header:
 
 
 def _parse_header(prefix: bytes) -> _Header:
-    """Parse the dict literal of an ``.npy`` header without executing anything."""
-    header = prefix.decode("latin1")
-    start = header.find("{")
+    """Read an ``.npy`` header with numpy's reader, then refuse what numpy would still load.
+
+    numpy's reader evaluates the header as a literal (no code runs) and checks its keys, the
+    ``fortran_order`` flag and the ``descr``; it caps the header at 10,000 characters.
+    """
+    stream = io.BytesIO(prefix)
     try:
-        fields = ast.literal_eval(header[start:].strip())
-    except (ValueError, SyntaxError) as error:
-        raise ArrayFormatError(f"unreadable .npy header: {error}") from None
-    if not isinstance(fields, dict) or set(fields) != {"descr", "fortran_order", "shape"}:
-        raise ArrayFormatError("the .npy header must hold exactly descr, fortran_order, shape")
-    shape, fortran = fields["shape"], fields["fortran_order"]
-    if not isinstance(shape, tuple) or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
-    ):
+        major, _ = read_magic(stream)
+        shape, fortran, dtype = _HEADER_READERS[major](stream)
+    except (
+        ValueError,
+        SyntaxError,  # np.dtype(",f4")
+        RecursionError,  # deeply nested literals
+        MemoryError,  # the parser's stack overflows at about 9,000 nested operators
+        tokenize.TokenError,  # unterminated literals
+        UserWarning,  # a Python 2 header, where warnings are errors
+    ) as error:
+        # numpy's message can quote the whole header over several lines: one short line here
+        detail = " ".join(str(error).split())[:200]
+        raise ArrayFormatError(
+            f"unreadable .npy header (a dict of exactly descr, fortran_order, shape): {detail}"
+        ) from None
+    # numpy takes any int as a dimension, negative ones and bools included
+    if not all(not isinstance(s, bool) and s >= 0 for s in shape):
         raise ArrayFormatError(f"invalid shape {shape!r} in the .npy header")
-    if not isinstance(fortran, bool):
-        raise ArrayFormatError("fortran_order must be a bool")
-    try:
-        dtype = np.dtype(np.lib.format.descr_to_dtype(fields["descr"]))
-    except (TypeError, ValueError) as error:
-        raise ArrayFormatError(f"invalid dtype in the .npy header: {error}") from None
+    # and any dtype: objects are pickles, fields and subarrays are no model parameters
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
         raise ArrayFormatError(f"dtype {dtype} is not a plain numeric dtype")
     return _Header(dtype, str(dtype), shape, fortran, math.prod(shape))
@@ -98,21 +113,21 @@ def npy_view(data: bytes) -> tuple[np.ndarray, tuple[int, ...]]:
 def _npy_view(data: bytes) -> tuple[np.ndarray, _Header]:
     if not isinstance(data, bytes | bytearray | memoryview) or len(data) < 10:
         raise ArrayFormatError("payload too short for an .npy buffer")
-    if bytes(data[:6]) != _NPY_MAGIC:
+    if bytes(data[:6]) != MAGIC_PREFIX:
         raise ArrayFormatError("payload does not start with the .npy magic")
     major = data[6]
-    if major == 1:
-        start = 10 + int.from_bytes(data[8:10], "little")
-    elif major == 2:
-        start = 12 + int.from_bytes(data[8:12], "little")
-    else:
+    if major not in _HEADER_READERS:
         raise ArrayFormatError(f"unsupported .npy format version {major}")
+    # The header's length, for the cache key (numpy reads it only while parsing): 2 bytes after
+    # the magic and version in format 1, 4 bytes in format 2.
+    length_bytes = 2 if major == 1 else 4
+    start = 8 + length_bytes + int.from_bytes(data[8 : 8 + length_bytes], "little")
     if start > len(data):
         raise ArrayFormatError("truncated .npy header")
     prefix = bytes(data[:start])
     parsed = _HEADER_CACHE.get(prefix)
     if parsed is None:
-        parsed = _parse_header(prefix[10 if major == 1 else 12 :])
+        parsed = _parse_header(prefix)
         _HEADER_CACHE[prefix] = parsed
         if len(_HEADER_CACHE) > _HEADER_CACHE_SIZE:
             _HEADER_CACHE.popitem(last=False)

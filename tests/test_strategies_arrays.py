@@ -71,6 +71,41 @@ def test_npy_view_puts_fortran_ordered_arrays_in_c_order() -> None:
         ),
         pytest.param(_header("{'descr': '<f4', 'shape': (1,)}"), "exactly", id="missing-field"),
         pytest.param(b"\x93NUMPY\x01\x00\x10\x00__import__('os')", "header", id="code-in-header"),
+        pytest.param(
+            _header("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,)}"),
+            "plain numeric",
+            id="structured-dtype",
+        ),
+        pytest.param(
+            _header("{'descr': ('<f4', (2,)), 'fortran_order': False, 'shape': (1,)}"),
+            "plain numeric",
+            id="subarray-dtype",
+        ),
+        pytest.param(
+            _header("{'descr': '<f4', 'fortran_order': False, 'shape': (True,)}"),
+            "invalid shape",
+            id="bool-shape",
+        ),
+        pytest.param(
+            _header("{'descr': '<f4', 'fortran_order': 0, 'shape': (1,)}"),
+            "fortran_order",
+            id="fortran-not-bool",
+        ),
+        pytest.param(_header("{'descr': ("), "header", id="unterminated-literal"),
+        # np.dtype(",f4") raises SyntaxError, which no caller catches.
+        pytest.param(
+            _header("{'descr': ',f4', 'fortran_order': False, 'shape': (1,)}"),
+            "header",
+            id="comma-descr",
+        ),
+        # Python's parser raises RecursionError, and MemoryError deeper: no caller catches them.
+        pytest.param(_header("{" + "-" * 5000 + "1}"), "header", id="deeply-nested"),
+        pytest.param(_header("{" + "-" * 9900 + "1}"), "header", id="parser-stack-overflow"),
+        pytest.param(
+            _header("{'descr': '<f4', 'fortran_order': False, 'shape': (1,)}" + " " * 20_000),
+            "large",
+            id="oversized-header",
+        ),
     ],
 )
 def test_npy_view_rejects_malformed_payloads(data: bytes, message: str) -> None:
