@@ -14,6 +14,7 @@ SIGTERM with 130 and 143; :mod:`fl_iot.errors` has the whole table and the rule 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -21,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import hydra
 import numpy as np
@@ -188,11 +189,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     try:
         summary = run_study(cfg, output_dir)
     except Interrupted as interrupt:
-        print(
-            f"fl-iot: {interrupt}; the outputs so far are in {output_dir}",
-            file=sys.stderr,
+        _exit_now(
+            f"fl-iot: {interrupt}; the outputs so far are in {output_dir}", interrupt.exit_code
         )
-        raise SystemExit(interrupt.exit_code) from None
     except Exception as error:
         if isinstance(error, FlIotError):
             code, message = EXIT_CODE_USER_ERROR, f"error: {error}"
@@ -285,7 +284,25 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     """Stop the run as Ctrl-C does; a second signal ends the process at once."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # The messages in flight fail as Ray stops, and Flower logs each with its traceback, which
+    # would bury the one line that says what happened.
+    logging.getLogger("flwr").setLevel(logging.CRITICAL + 1)
     raise Interrupted(signum, signal.Signals(signum).name)
+
+
+def _exit_now(message: str, code: int) -> NoReturn:
+    """Print ``message``, flush every log and end the process with ``code`` at once.
+
+    After an interrupt, the run's outputs are written and Ray is shut down by the time this is
+    called, but Flower's message workers may still wait in ``ray.get`` for actors the signal
+    ended; the interpreter would join those threads at exit for ever. What they were doing is
+    lost anyway, and the reaper stops any process left.
+    """
+    print(message, file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _print_hydra_error(error: CompactHydraException) -> None:
@@ -316,8 +333,7 @@ def main() -> None:
             _print_hydra_error(error)
             raise SystemExit(EXIT_CODE_USER_ERROR) from None
         except Interrupted as interrupt:
-            print(f"fl-iot: {interrupt}", file=sys.stderr)
-            raise SystemExit(interrupt.exit_code) from None
+            _exit_now(f"fl-iot: {interrupt}", interrupt.exit_code)
         finally:
             del os.environ["HYDRA_FULL_ERROR"]
     if _sweep_failures:

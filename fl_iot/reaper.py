@@ -36,7 +36,7 @@ TAG_VARIABLE = "FL_IOT_REAPER_TAG"
 GRACE_S = 2.0
 """How long the reaper waits between SIGTERM and SIGKILL."""
 
-POLL_S = 0.25
+POLL_S = 0.5
 """How often the reaper looks at the caller and its descendants."""
 
 _reaper: subprocess.Popen[bytes] | None = None
@@ -128,16 +128,17 @@ def stop_processes(noted: set[tuple[int, str]], tag: str | None, grace_s: float 
 
 
 def _pids() -> list[int]:
-    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()]
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
 def process_stat(pid: int) -> list[str] | None:
     """The fields of ``/proc/<pid>/stat`` after the command name: state, ppid, ..."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        with open(f"/proc/{pid}/stat", "rb") as file:  # plain reads: the reaper polls
+            data = file.read()
     except OSError:
         return None
-    return text.rsplit(")", 1)[-1].split()
+    return data.rsplit(b")", 1)[-1].decode("ascii", "replace").split()
 
 
 def _started(pid: int) -> str | None:

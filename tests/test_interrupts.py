@@ -110,7 +110,10 @@ def test_a_run_stopped_by_a_signal_leaves_nothing_running(
         assert len(seen) > 5, seen  # Ray's processes and the reaper
 
         (os.killpg if to_group else os.kill)(run.pid, signum)
-        returncode = run.wait(timeout=60)
+        try:
+            returncode = run.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running 60 s later:\n{log.read_text()[-5000:]}") from None
 
         left = wait_until_gone(seen | session_members(run.pid), LEFTOVER_TIMEOUT_S)
         assert left == set(), [Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in left]
@@ -118,7 +121,7 @@ def test_a_run_stopped_by_a_signal_leaves_nothing_running(
             return
         output_text = log.read_text()
         assert returncode == 128 + signum, output_text[-3000:]
-        assert "Traceback" not in output_text
+        assert "Traceback" not in output_text, output_text[-6000:]
         assert output_text.strip().splitlines()[-1] == (
             f"fl-iot: interrupted by {signal.Signals(signum).name}; the outputs so far are in "
             f"{run_dir}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_iot.reaper import descendants, is_running
+from fl_iot.reaper import POLL_S, descendants, is_running
 from tests.conftest import REPO_ROOT
 from tests.processes import kill_all, wait_until_gone
 
@@ -49,7 +49,7 @@ def test_the_reaper_stops_what_a_killed_process_started():
         assert parent.stdout is not None
         clean, orphan = (int(p) for p in parent.stdout.readline().split())
         started = {clean, orphan} | {pid for pid, _ in descendants(parent.pid)}
-        time.sleep(0.6)  # the reaper notes descendants every 0.25 s
+        time.sleep(2.5 * POLL_S)  # the reaper notes descendants every POLL_S
         assert is_running(clean) and is_running(orphan)
 
         parent.kill()
