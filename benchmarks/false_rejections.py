@@ -83,11 +83,18 @@ def count_rejections(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run(scenario: str, strategy: str, seed: int, extra: list[str]) -> dict[str, Any]:
-    """One clean run of ``scenario`` at its own size; its false-rejection counts."""
+def run(
+    scenario: str, strategy: str, seed: int, extra: list[str], rounds: int | None = None
+) -> dict[str, Any]:
+    """One clean run of ``scenario`` at its own size; its false-rejection counts.
+
+    ``rounds`` stops it early (the scenario's own number of rounds by default).
+    """
     from robustness_probe import run_one
 
     shape = scenario_shape(scenario)
+    if rounds is not None:
+        shape["rounds"] = rounds
     with tempfile.TemporaryDirectory(prefix="false_rejections_") as kept:
         result = run_one(scenario, strategy, "none", 0.0, seed, shape["rounds"], extra, Path(kept))
         (metrics,) = Path(kept).glob("*.jsonl")

@@ -83,6 +83,7 @@ CLI_BAD_INPUT = [
 """Bad invocations that used to hang, trace back or pass silently, and what their message says."""
 
 
+@pytest.mark.e2e
 def test_the_command_refuses_bad_input_with_exit_2_and_one_message(tmp_path):
     def attempt(args: list[str]):
         run_dir = (
@@ -103,6 +104,7 @@ def test_the_command_refuses_bad_input_with_exit_2_and_one_message(tmp_path):
             assert text in result.stderr, (args, text, result.stderr)
 
 
+@pytest.mark.e2e
 def test_a_sweep_runs_every_job_and_exits_with_the_first_failure(tmp_path):
     result = run_cli(
         "-m",
@@ -165,6 +167,7 @@ def test_a_roll_call_that_nobody_answers_is_a_failed_run(monkeypatch, tmp_path):
         cli.run_study(cfg, tmp_path)
 
 
+@pytest.mark.e2e
 def test_the_command_exits_3_and_keeps_the_outputs_when_the_model_diverges(
     shared_data_root, tmp_path
 ):

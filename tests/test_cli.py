@@ -11,6 +11,8 @@ import torch
 from fl_iot.models import build_model
 from tests.e2e import TINY, run_cli, run_dir_override
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):

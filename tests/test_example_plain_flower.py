@@ -14,6 +14,8 @@ from flwr.simulation import run_simulation
 
 from examples.plain_flower.app import ExampleResult, make_apps
 
+pytestmark = pytest.mark.e2e
+
 NODES, ROUNDS = 4, 2
 
 

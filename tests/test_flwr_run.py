@@ -23,6 +23,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
+pytestmark = pytest.mark.e2e
+
 BIN = Path(sys.executable).parent
 
 

@@ -74,6 +74,7 @@ def test_a_stoppable_grid_returns_the_replies_like_flowers_grid():
     assert 0.25 < time.monotonic() - started < 2.0
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("signum", "to_group"),
     [

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.e2e import TINY, run_cli
 from tests.wandb_records import offline_run
+
+pytestmark = pytest.mark.e2e
 
 SCENARIOS = ("healthcare_wearables", "industrial_maintenance", "smart_home", "vehicle_fleet")
 

@@ -76,6 +76,7 @@ def fl_iot(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPr
     return run([str(BIN / "fl-iot"), *args], cwd, env)
 
 
+@pytest.mark.e2e
 def test_an_installed_plugin_attack_runs_by_name(plugin_env, tmp_path):
     marker = tmp_path / "marker.txt"
     run_dir = tmp_path / "run"
@@ -107,6 +108,7 @@ def test_an_installed_plugin_attack_runs_by_name(plugin_env, tmp_path):
         assert sorted(int(d) for d, m in devices.items() if m["attacker"]) == attackers
 
 
+@pytest.mark.e2e
 def test_an_unknown_attack_lists_the_plugin_among_the_choices(plugin_env, tmp_path):
     bare_env = {k: v for k, v in plugin_env.items() if k != "PYTHONPATH"}
 
@@ -124,6 +126,7 @@ def test_an_unknown_attack_lists_the_plugin_among_the_choices(plugin_env, tmp_pa
     assert "\tmarker\n" not in without.stderr
 
 
+@pytest.mark.e2e
 def test_flwr_run_composition_finds_the_plugin_configs(plugin_env, tmp_path):
     # Under `flwr run` the apps compose the config with fl_iot.run_config, outside a Hydra app.
     code = (

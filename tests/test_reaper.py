@@ -14,7 +14,10 @@ from fl_iot.reaper import POLL_S, descendants, is_running
 from tests.conftest import REPO_ROOT
 from tests.processes import kill_all, wait_until_gone
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc"),
+]
 
 
 # A parent that starts its reaper, then a child that leaves the session and sets a clean

@@ -33,6 +33,7 @@ def config(*overrides: str) -> DictConfig:
     return compose_config((*TINY_SAMPLED, *overrides))
 
 
+@pytest.mark.e2e
 def test_same_seed_gives_the_same_result_on_ray_as_in_process(tmp_path, caplog):
     """Same seed, same result: on Ray (2 workers, replies in any order) and in one process.
 
