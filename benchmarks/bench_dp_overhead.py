@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=500, help="local training samples")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
-    torch.set_num_threads(1)  # one torch thread per process (notes/perf-baseline.md §1)
+    torch.set_num_threads(1)  # as each client trains (one CPU each); 2 are slower under load
     torch.manual_seed(0)
     rows = run(args.reps, args.warmup, args.samples, args.batch_size)
     load = os.getloadavg()[0]

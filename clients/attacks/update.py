@@ -125,9 +125,8 @@ class WeightInflation(Attack):
     FedAvg weights each update by its self-reported ``num-examples`` (McMahan et al.,
     "Communication-Efficient Learning of Deep Networks from Decentralized Data", AISTATS 2017) and
     cannot verify it; an inflated count lets one device dominate the mean, and any reliability or
-    quality weighting built on reported counts. No canonical paper names this attack; the project's
-    benchmark spec (``notes/anchors.md`` §2d) lists it as "lying about sample count". The update
-    itself is honest, so distance-based defences do not see it.
+    quality weighting built on reported counts. No canonical paper names this attack ("lying about
+    sample count"). The update itself is honest, so distance-based defences do not see it.
 
     Parameters
     ----------
