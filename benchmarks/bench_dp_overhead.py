@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flwr.app import RecordDict
 
+from clients.data import LabeledData
 from clients.dp_trainer import DpSgdTrainer, choose_grad_sample_mode
 from clients.trainer import LocalTrainer, StandardTrainer, TrainSettings
-from fl_iot.data.base import LabeledData
 from fl_iot.models import Cnn1d, Mlp
 
 MODES = ("hooks", "functorch", "ew", "ghost")

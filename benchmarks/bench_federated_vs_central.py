@@ -31,9 +31,9 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from clients.data import LabeledData  # noqa: E402
 from clients.trainer import shuffled_batches  # noqa: E402
 from fl_iot.cli import run_study  # noqa: E402
-from fl_iot.data.base import LabeledData  # noqa: E402
 from fl_iot.device_runtime import run_context  # noqa: E402
 from fl_iot.metrics import evaluate_model, scores  # noqa: E402
 from fl_iot.models import build_model  # noqa: E402

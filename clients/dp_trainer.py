@@ -2,7 +2,7 @@
 
 What a round does
 -----------------
-1. Validate the device class's privacy profile (:class:`fl_iot.privacy.PrivacyProfile`).
+1. Validate the device class's privacy profile (:class:`clients.privacy.PrivacyProfile`).
 2. Plan the round: sample rate ``q = 1 / ceil(n / batch_size)`` (Opacus' definition, equal to
    ``batch_size / n`` when the batch size divides ``n``), ``ceil(n / batch_size)`` steps per
    epoch, ``local_epochs`` epochs, capped at ``max_steps``.
@@ -45,6 +45,17 @@ from flwr.app import RecordDict
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from clients.data import LabeledData
+from clients.errors import ConfigError
+from clients.privacy.accounting import (
+    DpSgdEvent,
+    calibrate_noise_multiplier,
+    epsilon_opacus_rdp,
+    validate_history,
+)
+from clients.privacy.grad_sample import GRAD_SAMPLE_MODES, choose_grad_sample_mode
+from clients.privacy.ledger import LEDGER_KEY, PrivacyLedger
+from clients.privacy.profile import PrivacyProfile
 from clients.trainer import (
     TRAINERS,
     LocalTrainer,
@@ -54,17 +65,6 @@ from clients.trainer import (
     sgd,
     to_tensors,
 )
-from fl_iot.data.base import LabeledData
-from fl_iot.errors import ConfigError
-from fl_iot.privacy.accounting import (
-    DpSgdEvent,
-    calibrate_noise_multiplier,
-    epsilon_opacus_rdp,
-    validate_history,
-)
-from fl_iot.privacy.grad_sample import GRAD_SAMPLE_MODES, choose_grad_sample_mode
-from fl_iot.privacy.ledger import LEDGER_KEY, PrivacyLedger
-from fl_iot.privacy.profile import PrivacyProfile
 
 # Metric keys of a DP-SGD reply (every reply carries all of them, declined or not, because
 # Flower's FedAvg requires identical metric keys across replies).
@@ -162,7 +162,7 @@ class DpSgdTrainer(LocalTrainer):
     Notes
     -----
     Epsilon is Opacus' RDP accountant at the profile's delta with :data:`RDP_ORDERS`; the
-    ``target_epsilon`` of a profile refers to that accountant. ``fl_iot.privacy.epsilon_rdp``
+    ``target_epsilon`` of a profile refers to that accountant. ``clients.privacy.epsilon_rdp``
     and ``epsilon_pld`` recompute it independently with Google's ``dp-accounting``.
 
     The guarantee covers the model update only. ``TrainReport.loss`` (the mean training loss)

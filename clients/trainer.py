@@ -18,8 +18,8 @@ import torch
 from flwr.app import RecordDict
 from torch import nn
 
-from fl_iot.data.base import LabeledData
-from fl_iot.registry import Registry
+from clients.data import LabeledData
+from clients.registry import Registry
 
 
 @dataclass(frozen=True)

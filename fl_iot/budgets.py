@@ -2,15 +2,15 @@
 
 Run once the dataset's input shape is known and before any Ray worker starts, so that a model
 that cannot fit a microcontroller fails in seconds, naming the class, the estimate and the limit.
-The estimate (``fl_iot.privacy.memory``) counts parameters, gradients, optimiser state,
+The estimate (``clients.privacy.memory``) counts parameters, gradients, optimiser state,
 activations and, for DP-SGD, per-sample gradients; it errs high and ignores the runtime itself.
 """
 
 from __future__ import annotations
 
+from clients.privacy.memory import MemoryEstimate, check_memory_budget
 from fl_iot.config import trainer_of
 from fl_iot.device_runtime import RunContext, fresh_model
-from fl_iot.privacy.memory import MemoryEstimate, check_memory_budget
 
 
 def check_device_memory(run: RunContext) -> dict[str, MemoryEstimate]:
@@ -18,7 +18,7 @@ def check_device_memory(run: RunContext) -> dict[str, MemoryEstimate]:
 
     Raises
     ------
-    fl_iot.privacy.MemoryBudgetError
+    clients.privacy.MemoryBudgetError
         For the first class whose estimate exceeds its ``memory_limit_mb``.
     """
     estimates = {}

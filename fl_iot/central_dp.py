@@ -35,7 +35,7 @@ Integer buffers
 
 Accounting
     Every released round is a Gaussian mechanism; epsilon at ``delta`` is composed with
-    dp-accounting (:func:`fl_iot.privacy.central_dp_epsilon`, RDP) without amplification by
+    dp-accounting (:func:`clients.privacy.central_dp_epsilon`, RDP) without amplification by
     sampling, because Flower samples a fixed-size cohort and may pick the same device in
     consecutive rounds. The optimistic Poisson-sampling figure is reported alongside, labelled;
     its sampling rate is the share of the fleet the round sampled (``sampled / N``), whatever
@@ -62,8 +62,8 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from clients.privacy.accounting import central_dp_epsilon
 from fl_iot.errors import ConfigError
-from fl_iot.privacy.accounting import central_dp_epsilon
 from strategies.arrays import ArrayFormatError, ModelSpec, restore_layout
 from strategies.validation import clone_reply
 

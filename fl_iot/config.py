@@ -324,7 +324,7 @@ def _validate_scenario(cfg: DictConfig | Config) -> None:
 
 def _validate_device_classes(cfg: DictConfig | Config) -> None:
     from clients import TRAINERS
-    from fl_iot.privacy.profile import PrivacyProfile
+    from clients.privacy.profile import PrivacyProfile
 
     _check(
         "privacy.target_epsilon", cfg.privacy.target_epsilon, low=0, low_open=True, optional=True

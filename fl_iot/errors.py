@@ -1,7 +1,8 @@
 """User-facing errors and the ``fl-iot`` command's exit codes.
 
-Every error a user can cause by configuration or input derives from :class:`FlIotError`. The CLI
-prints its message, without a traceback, and exits with :data:`EXIT_CODE_USER_ERROR`.
+Every error a user can cause by configuration or input derives from :class:`FlIotError`
+(:mod:`clients.errors`, where the plugins that raise them find it too). The CLI prints its
+message, without a traceback, and exits with :data:`EXIT_CODE_USER_ERROR`.
 
 Exit codes of ``fl-iot``:
 
@@ -27,32 +28,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from clients.errors import ConfigError, FlIotError, UnknownNameError
+
+__all__ = [
+    "EXIT_CODE_RUN_FAILED",
+    "EXIT_CODE_SIGNAL_BASE",
+    "EXIT_CODE_USER_ERROR",
+    "ConfigError",
+    "DatasetNotFoundError",
+    "FlIotError",
+    "Interrupted",
+    "RunFailed",
+    "UnknownNameError",
+]
+
 EXIT_CODE_USER_ERROR = 2
 EXIT_CODE_RUN_FAILED = 3
 EXIT_CODE_SIGNAL_BASE = 128
-
-
-class FlIotError(Exception):
-    """An error caused by the user's configuration, input or environment."""
-
-
-class ConfigError(FlIotError, ValueError):
-    """A configuration value is invalid; the message names the value and the valid choices."""
-
-
-class UnknownNameError(ConfigError, KeyError):
-    """A plugin name (dataset, trainer, attack, ...) is not registered."""
-
-    def __init__(self, kind: str, name: object, valid: Iterable[str]) -> None:
-        self.kind = kind
-        self.name = name
-        self.valid = sorted(valid)
-        super().__init__(
-            f"unknown {kind} {name!r}; valid choices: {', '.join(self.valid) or '(none)'}"
-        )
-
-    def __str__(self) -> str:  # KeyError would otherwise quote the message
-        return str(self.args[0])
 
 
 class DatasetNotFoundError(FlIotError, FileNotFoundError):

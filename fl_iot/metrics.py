@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fl_iot.data.base import LabeledData
+from clients.data import LabeledData
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

@@ -21,10 +21,12 @@ call (a ``query`` message) before the first round.
 
 from __future__ import annotations
 
+from strategies.validation import DEVICE_ID_KEY, DEVICE_RECORD
+
 ARRAYS = "arrays"
 METRICS = "metrics"
 CONFIG = "config"
-DEVICE = "device"
+DEVICE = DEVICE_RECORD  # the strategies read the claimed device there
 TRAINER = "trainer"
 
 NUM_EXAMPLES = "num-examples"
@@ -35,7 +37,7 @@ WALL_TIME = "wall-time-s"
 EVAL_LOSS = "loss"
 CONFUSION = "confusion"
 
-DEVICE_ID = "device-id"
+DEVICE_ID = DEVICE_ID_KEY
 DEVICE_CLASS = "device-class"
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"

@@ -36,10 +36,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from clients.privacy.reporting import privacy_summary
 from fl_iot import protocol as P
 from fl_iot.federation import Federation
 from fl_iot.metrics import scores
-from fl_iot.privacy.reporting import privacy_summary
 from fl_iot.roster import DeviceOrderedGrid, Roster
 from strategies import answered_node, bounded_quantity, sent_destinations
 from strategies.validation import claimed_device

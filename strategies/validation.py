@@ -15,7 +15,8 @@ round (fl-iot's roll call) and hands to the strategies with ``set_roster``:
 
 - with a roster, a node that is not in it is refused ("node N is not in the roster"), and a
   reply whose ``device`` ConfigRecord claims another device id than the roster's is refused as
-  a spoof (fl-iot's protocol sends ``content["device"]["device-id"]``);
+  a spoof (the claim is ``content[DEVICE_RECORD][DEVICE_ID_KEY]``, which fl-iot's protocol
+  uses too);
 - without one (a plain Flower app), the device is the node: ``str(node_id)``, and whatever the
   content claims is ignored.
 
@@ -34,7 +35,6 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 from flwr.supercore import log
 
-from fl_iot import protocol as P
 from strategies.arrays import (
     SUPPORTED_KINDS,
     ArrayFormatError,
@@ -45,6 +45,11 @@ from strategies.arrays import (
 )
 from strategies.report import device_order
 from strategies.weighting import is_finite_metric
+
+DEVICE_RECORD = "device"
+"""The ConfigRecord of a reply in which it may claim a device, under :data:`DEVICE_ID_KEY`."""
+DEVICE_ID_KEY = "device-id"
+"""The integer device id a reply claims in :data:`DEVICE_RECORD`."""
 
 FAILED = "failed"
 """Rejection kind of an error reply: the device reported that it could not train."""
@@ -211,14 +216,14 @@ def claimed_device(content: RecordDict) -> int | None:
         If a ``device`` record is present but is no ConfigRecord or carries no integer
         ``device-id``.
     """
-    record = content.get(P.DEVICE)
+    record = content.get(DEVICE_RECORD)
     if record is None:
         return None
     if not isinstance(record, ConfigRecord):
-        raise ValueError(f"record {P.DEVICE!r} is not a ConfigRecord")
-    value = record.get(P.DEVICE_ID)
+        raise ValueError(f"record {DEVICE_RECORD!r} is not a ConfigRecord")
+    value = record.get(DEVICE_ID_KEY)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{P.DEVICE_ID!r} must be an int, found {value!r}")
+        raise ValueError(f"{DEVICE_ID_KEY!r} must be an int, found {value!r}")
     return value
 
 

@@ -10,7 +10,7 @@ import pytest
 from clients import ATTACKS, Attack, AttackContext, build_attack
 from clients.attacks import COLLUSION_CACHE, alie_update, alie_z, ipm_update
 from clients.attacks.data import LabelFlip
-from fl_iot.data.base import LabeledData
+from clients.data import LabeledData
 from fl_iot.errors import ConfigError, UnknownNameError
 from fl_iot.federation import build_federation
 

@@ -11,10 +11,10 @@ from flwr.serverapp.strategy import FedAvg, FedMedian
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+from clients.privacy import central_dp_epsilon
 from fl_iot.central_dp import CentralDP
 from fl_iot.client_app import build_client_app
 from fl_iot.errors import ConfigError
-from fl_iot.privacy import central_dp_epsilon
 from fl_iot.run_config import compose_config
 from fl_iot.server import run_server
 from strategies import ReliabilityWeightedFedAvg

@@ -2,9 +2,9 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from clients.registry import Registry
 from fl_iot.config import attackers_per_round, honest_per_round
 from fl_iot.errors import ConfigError, UnknownNameError
-from fl_iot.registry import Registry
 from fl_iot.run_config import compose_config, hydra_overrides
 
 
@@ -116,7 +116,7 @@ def test_registry_loads_third_party_entry_points(monkeypatch):
     registry: Registry[object] = Registry("widget", "fl_iot.test_widgets")
     entry_point = metadata.EntryPoint("third", "fl_iot.models:Mlp", "fl_iot.test_widgets")
     monkeypatch.setattr(
-        "fl_iot.registry.entry_points",
+        "clients.registry.entry_points",
         lambda group: [entry_point] if group == "fl_iot.test_widgets" else [],
     )
 

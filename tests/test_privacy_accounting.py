@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
-from fl_iot.errors import ConfigError
-from fl_iot.privacy import (
+from clients.privacy import (
     RDP_ORDERS,
     DpSgdEvent,
     PrivacyLedger,
@@ -22,7 +21,8 @@ from fl_iot.privacy import (
     privacy_summary,
     validate_history,
 )
-from fl_iot.privacy.rdp import rdp_sampled_gaussian
+from clients.privacy.rdp import rdp_sampled_gaussian
+from fl_iot.errors import ConfigError
 
 DELTA = 1e-5
 

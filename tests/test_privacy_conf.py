@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from hydra.core.global_hydra import GlobalHydra
 
 from clients.dp_trainer import EPSILON
-from fl_iot.privacy import PrivacyLedger, PrivacyProfile
+from clients.privacy import PrivacyLedger, PrivacyProfile
 from fl_iot.run_config import compose_config
 
 DEVICE_DIR = Path(__file__).resolve().parent.parent / "conf" / "device"

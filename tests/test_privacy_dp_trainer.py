@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from clients import TRAINERS
+from clients.data import LabeledData
 from clients.dp_trainer import (
     BUDGET_EXHAUSTED,
     DP_STEPS,
@@ -20,11 +21,10 @@ from clients.dp_trainer import (
     DpSgdTrainer,
     plan_round,
 )
+from clients.privacy import PrivacyLedger, epsilon_pld, epsilon_rdp
 from clients.trainer import StandardTrainer, TrainSettings
-from fl_iot.data.base import LabeledData
 from fl_iot.errors import ConfigError
 from fl_iot.models import Cnn1d, Mlp
-from fl_iot.privacy import PrivacyLedger, epsilon_pld, epsilon_rdp
 
 DELTA = 1e-5
 HYPOTHESIS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from clients.privacy import MemoryBudgetError, check_memory_budget, estimate_training_memory
 from fl_iot.errors import ConfigError
 from fl_iot.models import Cnn1d, Mlp
-from fl_iot.privacy import MemoryBudgetError, check_memory_budget, estimate_training_memory
 
 MODELS = [
     pytest.param(lambda: Cnn1d((1, 128), 5), (1, 128), id="cnn-ecg"),

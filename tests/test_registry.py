@@ -1,4 +1,4 @@
-"""Entry-point plugins in :class:`fl_iot.registry.Registry`: broken, clashing and duplicate ones."""
+"""Entry-point plugins in :class:`clients.registry.Registry`: broken, clashing, duplicate."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from clients.registry import Registry
 from fl_iot.errors import ConfigError, UnknownNameError
 from fl_iot.models import Mlp
-from fl_iot.registry import Registry
 
 GROUP = "fl_iot.test_widgets"
 
@@ -27,7 +27,7 @@ def installed(monkeypatch):
     """Replace the installed entry points of GROUP by the list this fixture returns."""
     found: list[metadata.EntryPoint] = []
     monkeypatch.setattr(
-        "fl_iot.registry.entry_points", lambda group: list(found) if group == GROUP else []
+        "clients.registry.entry_points", lambda group: list(found) if group == GROUP else []
     )
     return found
 
@@ -52,7 +52,7 @@ def test_a_broken_plugin_is_reported_by_name_and_skipped_and_the_others_load(
     registry: Registry[object] = Registry("widget", GROUP)
     registry.register("builtin", 1)
 
-    with caplog.at_level(logging.WARNING, logger="fl_iot.registry"):
+    with caplog.at_level(logging.WARNING, logger="clients.registry"):
         assert registry.get("good") is Mlp
     assert registry.names() == ["builtin", "good"]
 
@@ -93,7 +93,7 @@ def test_a_plugin_named_like_a_built_in_is_ignored_with_a_warning(installed, cap
     registry: Registry[object] = Registry("widget", GROUP)
     registry.register("builtin", 1)
 
-    with caplog.at_level(logging.WARNING, logger="fl_iot.registry"):
+    with caplog.at_level(logging.WARNING, logger="clients.registry"):
         assert registry.names() == ["builtin"]
     assert registry.get("builtin") == 1
     (message,) = [r.getMessage() for r in caplog.records]
@@ -107,7 +107,7 @@ def test_a_built_in_registered_after_the_plugins_loaded_still_wins(installed, ca
     registry: Registry[object] = Registry("widget", GROUP)
     assert registry.get("late") is Mlp
 
-    with caplog.at_level(logging.WARNING, logger="fl_iot.registry"):
+    with caplog.at_level(logging.WARNING, logger="clients.registry"):
         registry.register("late", 2)
     assert registry.get("late") == 2
     assert registry.names() == ["late"]
@@ -121,7 +121,7 @@ def test_of_two_plugins_with_one_name_the_first_is_kept_with_a_warning(installed
     ]
     registry: Registry[object] = Registry("widget", GROUP)
 
-    with caplog.at_level(logging.WARNING, logger="fl_iot.registry"):
+    with caplog.at_level(logging.WARNING, logger="clients.registry"):
         assert registry.get("twin") is Mlp
     (message,) = [r.getMessage() for r in caplog.records]
     assert "second-package" in message and "first-package" in message
@@ -131,7 +131,7 @@ def test_built_ins_are_found_without_loading_entry_points(monkeypatch):
     def fail(group):
         raise AssertionError("entry points scanned for a built-in name")
 
-    monkeypatch.setattr("fl_iot.registry.entry_points", fail)
+    monkeypatch.setattr("clients.registry.entry_points", fail)
     registry: Registry[int] = Registry("widget", GROUP)
     registry.register("builtin", 1)
 
@@ -145,7 +145,7 @@ def test_entry_points_are_scanned_once(monkeypatch):
         scans.append(group)
         return [_entry_point("good", "fl_iot.models:Mlp")] if group == GROUP else []
 
-    monkeypatch.setattr("fl_iot.registry.entry_points", found)
+    monkeypatch.setattr("clients.registry.entry_points", found)
     registry: Registry[object] = Registry("widget", GROUP)
     registry.names()
     registry.names()

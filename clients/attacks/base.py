@@ -11,7 +11,7 @@ chose as attackers; honest devices never see an attack:
 
 Attacks are registered by name in :data:`ATTACKS` (entry-point group ``fl_iot.attacks``) and built
 from ``cfg.attack.options`` by :func:`build_attack`, which rejects unknown options and bad values
-with a :class:`~fl_iot.errors.ConfigError` naming them.
+with a :class:`~clients.errors.ConfigError` naming them.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fl_iot.data.base import LabeledData
-from fl_iot.errors import ConfigError
-from fl_iot.registry import Registry
+from clients.data import LabeledData
+from clients.errors import ConfigError
+from clients.registry import Registry
 
 Arrays = dict[str, np.ndarray]
 """A model as named numpy arrays (state-dict keys)."""

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from clients.attacks.base import ATTACKS, Attack
-from fl_iot.data.base import LabeledData
-from fl_iot.errors import ConfigError
+from clients.data import LabeledData
+from clients.errors import ConfigError
 
 
 @ATTACKS.decorator("label_flip")

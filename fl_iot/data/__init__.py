@@ -4,12 +4,13 @@ Importing this package registers the built-in loaders in :data:`DATASETS`.
 """
 
 # Importing a loader module registers it in DATASETS.
+from clients.data import LabeledData
 from fl_iot.data import cmapss as _cmapss  # noqa: F401
 from fl_iot.data import mitbih as _mitbih  # noqa: F401
 from fl_iot.data import occupancy as _occupancy  # noqa: F401
 from fl_iot.data import vehicle as _vehicle  # noqa: F401
 from fl_iot.data import watch as _watch  # noqa: F401
-from fl_iot.data.base import DATASETS, LabeledData, SourceDataset
+from fl_iot.data.base import DATASETS, SourceDataset
 from fl_iot.data.federated import FederatedData, load_federated_data, load_source
 from fl_iot.data.paths import DATA_ROOT_ENV
 

@@ -1,4 +1,4 @@
-"""The data types every dataset loader returns and every device trains on."""
+"""What every dataset loader returns: the pooled samples, their device keys and a test split."""
 
 from __future__ import annotations
 
@@ -9,34 +9,8 @@ from typing import Protocol
 
 import numpy as np
 
-from fl_iot.registry import Registry
-
-
-@dataclass(frozen=True)
-class LabeledData:
-    """Samples and their integer class labels.
-
-    Attributes
-    ----------
-    x : np.ndarray
-        ``float32`` features, shape ``(n, *input_shape)``.
-    y : np.ndarray
-        ``int64`` class indices, shape ``(n,)``.
-    """
-
-    x: np.ndarray
-    y: np.ndarray
-
-    def __post_init__(self) -> None:
-        if len(self.x) != len(self.y):
-            raise ValueError(f"x has {len(self.x)} samples but y has {len(self.y)}")
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def subset(self, index: np.ndarray) -> LabeledData:
-        """Return the samples at ``index``."""
-        return LabeledData(self.x[index], self.y[index])
+from clients.data import LabeledData
+from clients.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_iot.data.base import DATASETS, LabeledData, SourceDataset
+from clients.data import LabeledData
+from fl_iot.data.base import DATASETS, SourceDataset
 from fl_iot.data.paths import find_dataset_dir
 from fl_iot.errors import ConfigError
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from fl_iot.data.base import DATASETS, LabeledData, SourceDataset
+from clients.data import LabeledData
+from fl_iot.data.base import DATASETS, SourceDataset
 from fl_iot.data.partition import natural_keys, partition_indices, split_device_data
 from fl_iot.errors import ConfigError
 

@@ -60,7 +60,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_iot.data.base import DATASETS, LabeledData, SourceDataset
+from clients.data import LabeledData
+from fl_iot.data.base import DATASETS, SourceDataset
 from fl_iot.errors import ConfigError
 
 CHANNELS = ("speed", "rpm", "coolant_temp", "battery_voltage", "accel_long", "brake_pressure")

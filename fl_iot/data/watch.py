@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_iot.data.base import DATASETS, LabeledData, SourceDataset
+from clients.data import LabeledData
+from fl_iot.data.base import DATASETS, SourceDataset
 
 
 @DATASETS.decorator("watch")

@@ -9,7 +9,7 @@ A plugin package declares where its configs live with one entry point, whose val
 and ``my_plugin/conf/attack/my_attack.yaml`` then makes ``fl-iot attack=my_attack`` work with no
 ``hydra.searchpath`` override. The config dirs are appended after fl-iot's own ``conf/``, so a
 plugin cannot replace a built-in config (Hydra takes the first match along the search path), as
-the registries keep the built-in of a clashing name (:mod:`fl_iot.registry`).
+the registries keep the built-in of a clashing name (:mod:`clients.registry`).
 
 Hydra imports this module in every Hydra app of the environment; it only touches the search path
 of apps whose primary config dir is fl-iot's ``conf/`` (the ``fl-iot`` command and the configs

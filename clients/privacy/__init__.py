@@ -5,7 +5,7 @@ privacy ledger kept in Flower's ``context.state``, the choice of Opacus grad-sam
 training-memory estimates.
 """
 
-from fl_iot.privacy.accounting import (
+from clients.privacy.accounting import (
     RDP_ORDERS,
     DpSgdEvent,
     calibrate_noise_multiplier,
@@ -16,16 +16,16 @@ from fl_iot.privacy.accounting import (
     epsilon_rdp,
     validate_history,
 )
-from fl_iot.privacy.grad_sample import GHOST_MIN_PARAMS, GRAD_SAMPLE_MODES, choose_grad_sample_mode
-from fl_iot.privacy.ledger import LEDGER_KEY, PrivacyLedger
-from fl_iot.privacy.memory import (
+from clients.privacy.grad_sample import GHOST_MIN_PARAMS, GRAD_SAMPLE_MODES, choose_grad_sample_mode
+from clients.privacy.ledger import LEDGER_KEY, PrivacyLedger
+from clients.privacy.memory import (
     MemoryBudgetError,
     MemoryEstimate,
     check_memory_budget,
     estimate_training_memory,
 )
-from fl_iot.privacy.profile import PrivacyProfile
-from fl_iot.privacy.reporting import privacy_summary
+from clients.privacy.profile import PrivacyProfile
+from clients.privacy.reporting import privacy_summary
 
 __all__ = [
     "GHOST_MIN_PARAMS",

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fl_iot.errors import ConfigError
+from clients.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from flwr.app import ConfigRecord, RecordDict
 
-from fl_iot.privacy.accounting import DpSgdEvent, epsilon_opacus_rdp, validate_history
+from clients.privacy.accounting import DpSgdEvent, epsilon_opacus_rdp, validate_history
 
 LEDGER_KEY = "dp-sgd-ledger"
 """Default key of the ledger's ``ConfigRecord`` in ``context.state``."""

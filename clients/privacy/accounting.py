@@ -8,7 +8,7 @@ Three independent computations of epsilon are offered:
 
 - :func:`epsilon_opacus_rdp`: Opacus' RDP analysis (``opacus.accountants.analysis.rdp``), the one
   the DP-SGD trainer reports and enforces budgets with, evaluated by the vectorised series of
-  :mod:`fl_iot.privacy.rdp` (equal to Opacus' ``RDPAccountant`` to 1e-9) and cached per
+  :mod:`clients.privacy.rdp` (equal to Opacus' ``RDPAccountant`` to 1e-9) and cached per
   ``(noise_multiplier, sample_rate)``: prospective checks ("would the next round exceed the
   budget?") cost microseconds, and a calibration well under a second, instead of 0.2-1.7 s per
   epsilon and 20-30 s per calibration with Opacus' scalar loop.
@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 
-from fl_iot.errors import ConfigError
-from fl_iot.privacy.rdp import rdp_sampled_gaussian
+from clients.errors import ConfigError
+from clients.privacy.rdp import rdp_sampled_gaussian
 
 if TYPE_CHECKING:
     import dp_accounting
@@ -147,7 +147,7 @@ def epsilon_opacus_rdp(history: Sequence[Sequence[float]], delta: float) -> floa
 
     Equals ``RDPAccountant(history).get_epsilon(delta, alphas=RDP_ORDERS)`` (the value the
     DP-SGD trainer reports; checked to 1e-9 in the tests), computed with the vectorised series
-    of :mod:`fl_iot.privacy.rdp` and cached per ``(noise_multiplier, sample_rate)``, so that
+    of :mod:`clients.privacy.rdp` and cached per ``(noise_multiplier, sample_rate)``, so that
     prospective checks cost microseconds.
 
     Returns

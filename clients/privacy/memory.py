@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fl_iot.errors import ConfigError
-from fl_iot.privacy.grad_sample import (
+from clients.errors import ConfigError
+from clients.privacy.grad_sample import (
     GHOST_NORM_LAYERS,
     GRAD_SAMPLE_MODES,
     choose_grad_sample_mode,
@@ -266,6 +266,6 @@ def check_memory_budget(
             f"{trainer!r}{mode} at batch size {batch_size}: estimated {estimate.describe()} "
             f"exceeds memory_limit_mb={memory_limit_mb:g}. Reduce "
             f"device_classes.{device_class}.batch_size, use a smaller model, or raise the "
-            "limit. (An estimate of tensor memory, not a measurement; see fl_iot.privacy.memory.)"
+            "limit. (An estimate of tensor memory, not a measurement; see clients.privacy.memory.)"
         )
     return estimate

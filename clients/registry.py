@@ -13,7 +13,7 @@ names are listed, and each one on its own:
 - an entry point that fails to load (import error, missing attribute, an exception in the
   plugin's module) is logged as a warning naming the entry point, its package and the error, and
   skipped; the group's other plugins still load, and looking up the broken one's name raises a
-  :class:`~fl_iot.errors.ConfigError` that says why it is unavailable;
+  :class:`~clients.errors.ConfigError` that says why it is unavailable;
 - an entry point whose name is already registered in-process (a built-in) is ignored with a
   warning naming its package: the built-in is kept, so installing a package can never change
   what an existing config, or a committed result, means;
@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
 
-from fl_iot.errors import ConfigError, UnknownNameError
+from clients.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
 
