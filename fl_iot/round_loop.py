@@ -40,6 +40,7 @@ from clients.privacy.reporting import privacy_summary
 from fl_iot import protocol as P
 from fl_iot.federation import Federation
 from fl_iot.metrics import scores
+from fl_iot.records import RoundRecord, RoundSink
 from fl_iot.roster import DeviceOrderedGrid, Roster
 from strategies import answered_node, bounded_quantity, sent_destinations
 from strategies.validation import claimed_device
@@ -63,48 +64,6 @@ MAX_COUNT = 2**63 - 1
 
 ERROR_CHARS = 300
 """Longest error text a round record keeps per device; the full text is logged once per run."""
-
-
-@dataclass
-class RoundRecord:
-    """Everything that happened in one round, as the sinks receive it.
-
-    ``devices`` is keyed by device id (``node-<id>`` for a node off the roll call). An entry holds
-    ``device_class`` and ``attacker`` (from the federation), the numbers of the device's train
-    reply, ``eval_loss``, and what went wrong: ``error`` / ``eval_error`` (the type and message of
-    an error reply), ``missing`` (sampled, no reply), ``ignored`` / ``eval_ignored`` (why the
-    reply's claims were not recorded or pooled: a spoof, malformed content).
-    """
-
-    round: int
-    num_rounds: int
-    elapsed_s: float
-    round_time_s: float
-    central: dict[str, float] = field(default_factory=dict)
-    federated: dict[str, float] = field(default_factory=dict)
-    train: dict[str, float] = field(default_factory=dict)
-    sampled: int = 0
-    replied: int = 0
-    failed: int = 0
-    declined: int = 0
-    missing: int = 0
-    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
-    by_class: dict[str, dict[str, float]] = field(default_factory=dict)
-    strategy: dict[str, Any] = field(default_factory=dict)
-    detection: dict[str, float] = field(default_factory=dict)
-    privacy: dict[str, float] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict."""
-        return {k: v for k, v in self.__dict__.items()}
-
-
-class RoundSink:
-    """Receives each round's record (the tracking sinks implement this)."""
-
-    def log_round(self, record: RoundRecord) -> None:
-        """Called once per completed round."""
 
 
 class Answer(NamedTuple):

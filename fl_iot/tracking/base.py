@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord
 
-from fl_iot.round_loop import RoundRecord, RoundSink
+from fl_iot.records import RoundRecord, RoundSink
 
 
 @dataclass

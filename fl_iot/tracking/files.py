@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from fl_iot.round_loop import RoundRecord
+from fl_iot.records import RoundRecord
 from fl_iot.tracking.base import RunInfo, Sink, jsonable
 
 METRICS_FILE = "metrics.jsonl"

@@ -7,7 +7,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord
 
-from fl_iot.round_loop import RoundRecord
+from fl_iot.records import RoundRecord
 from fl_iot.tracking.base import RunInfo, Sink
 
 PLOT_FILE = "metrics.png"

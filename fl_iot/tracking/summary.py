@@ -6,7 +6,7 @@ import platform
 from importlib import metadata
 from typing import Any
 
-from fl_iot.round_loop import RoundRecord
+from fl_iot.records import RoundRecord
 from fl_iot.tracking.base import RunInfo, jsonable
 
 VERSIONED_PACKAGES = (
