@@ -61,6 +61,7 @@ from flwr.serverapp.strategy import (
     MultiKrum,
     Strategy,
 )
+from flwr.supercore.privacy_accounting import PrivacySpent
 
 from clients.privacy.accounting import central_dp_epsilon
 from fl_iot.errors import ConfigError
@@ -216,6 +217,26 @@ class CentralDP(Strategy):
             return 0.0
         return central_dp_epsilon(self.released, self.delta, amplification=amplification)  # type: ignore[arg-type]
 
+    def privacy_spent(self) -> PrivacySpent:
+        """What the released rounds spent, without amplification by sampling.
+
+        The method Flower's DP wrappers have (``DifferentialPrivacyServerSideFixedClipping``),
+        so that an application reads any of them the same way.
+        """
+        return PrivacySpent(
+            self.epsilon("none"), self.delta, len(self.released), "rdp, no amplification"
+        )
+
+    def privacy_spent_if_poisson_sampling(self) -> PrivacySpent:
+        """What the released rounds spent if each device joined each round independently.
+
+        Only valid if the cohort were drawn that way (Flower samples a fixed-size cohort), at
+        the rate each round sampled with; reported alongside :meth:`privacy_spent`, labelled.
+        """
+        return PrivacySpent(
+            self.epsilon("poisson"), self.delta, len(self.released), "rdp, poisson sampling"
+        )
+
     def round_report(self, server_round: int) -> dict[str, Any]:
         """The wrapped strategy's report plus this round's central-DP accounting."""
         inner = getattr(self.strategy, "round_report", None)
@@ -225,8 +246,8 @@ class CentralDP(Strategy):
             "noise_multiplier": self.noise_multiplier,
             "max_weight_ratio": self.max_weight_ratio,
             "released_rounds": len(self.released),
-            "epsilon": self.epsilon("none"),
-            "epsilon_if_poisson_sampling": self.epsilon("poisson"),
+            "epsilon": self.privacy_spent().epsilon,
+            "epsilon_if_poisson_sampling": self.privacy_spent_if_poisson_sampling().epsilon,
             "delta": self.delta,
         }
         return report

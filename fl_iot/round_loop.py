@@ -66,6 +66,24 @@ ERROR_CHARS = 300
 """Longest error text a round record keeps per device; the full text is logged once per run."""
 
 
+def central_privacy_spent(strategy: Strategy) -> dict[str, float]:
+    """What a server-side DP strategy says it spent so far; empty for any other strategy.
+
+    Read through ``privacy_spent()``, the method of Flower's DP wrappers (``None`` there when they
+    have no accountant) and of :class:`fl_iot.central_dp.CentralDP`, which also reports the
+    figure under Poisson sampling (``privacy_spent_if_poisson_sampling``).
+    """
+    privacy_spent = getattr(strategy, "privacy_spent", None)
+    spent = privacy_spent() if callable(privacy_spent) else None
+    if spent is None:
+        return {}
+    figures = {"central-epsilon": float(spent.epsilon), "central-delta": float(spent.delta)}
+    if_poisson = getattr(strategy, "privacy_spent_if_poisson_sampling", None)
+    if callable(if_poisson):
+        figures["central-epsilon-if-poisson"] = float(if_poisson().epsilon)
+    return figures
+
+
 class Answer(NamedTuple):
     """A reply and the node it answers (the destination of the message it replies to)."""
 
@@ -190,11 +208,7 @@ class RoundLoop:
             if not a.reply.has_error() and (device := self.roster.device_of(a.node_id)) is not None
         }
         record.detection = detection_scores(record.strategy, participants, self.federation)
-        central = record.strategy.get("central_dp")
-        if central:
-            record.privacy["central-epsilon"] = central["epsilon"]
-            record.privacy["central-epsilon-if-poisson"] = central["epsilon_if_poisson_sampling"]
-            record.privacy["central-delta"] = central["delta"]
+        record.privacy.update(central_privacy_spent(self.strategy))
         if new_arrays is None:
             return arrays
         return new_arrays

@@ -164,3 +164,40 @@ def test_the_poisson_figure_uses_the_rate_the_round_sampled_with_not_the_replies
     assert report["released"] and report["replies"] == 3
     assert report["epsilon_if_poisson_sampling"] == pytest.approx(report["epsilon"], rel=1e-12)
     assert dp.released == [(0.75, 1.0, 1)]
+
+
+def test_the_round_loop_reads_privacy_spent_from_flowers_dp_wrapper_and_ours():
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+    from flwr.supercore.privacy_accounting import (
+        GaussianPrivacyEvent,
+        NeighboringRelation,
+        PrivacyConfig,
+        SamplingMethod,
+    )
+    from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+    from fl_iot.round_loop import central_privacy_spent
+
+    # Prepare: Flower's wrapper with its own accountant after 3 releases, ours after none
+    config = PrivacyConfig(
+        1e-5, 10, NeighboringRelation.ADD_OR_REMOVE_ONE, SamplingMethod.NO_AMPLIFICATION
+    )
+    accountant = RdpAccountant(config)
+    flower = DifferentialPrivacyServerSideFixedClipping(
+        FedAvg(), 1.0, 1.0, 5, accountant=accountant
+    )
+    accountant.compose(GaussianPrivacyEvent(1.0, 5, 10), count=3)
+    ours = CentralDP(FedAvg(), 1.0, 1.0, num_sampled_devices=5, num_devices=10)
+    # Execute / Assert: Flower's figure as its accountant says; ours with the Poisson figure
+    assert central_privacy_spent(flower) == {
+        "central-epsilon": pytest.approx(accountant.get_epsilon(1e-5)),
+        "central-delta": 1e-5,
+    }
+    assert central_privacy_spent(ours) == {
+        "central-epsilon": 0.0,
+        "central-delta": 1e-5,
+        "central-epsilon-if-poisson": 0.0,
+    }
+    assert central_privacy_spent(FedAvg()) == {}
+    without_accountant = DifferentialPrivacyServerSideFixedClipping(FedAvg(), 1.0, 1.0, 5)
+    assert central_privacy_spent(without_accountant) == {}
