@@ -16,7 +16,12 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from clients import ATTACKS, TRAINERS, build_attack
+from clients.privacy.profile import PrivacyProfile
+from fl_iot.data import DATASETS
+from fl_iot.data.partition import PARTITION_SCHEMES
 from fl_iot.errors import ConfigError
+from fl_iot.tracking import SINK_FACTORIES
 
 
 @dataclass
@@ -239,9 +244,6 @@ def validate_config(cfg: DictConfig | Config) -> None:
     ConfigError
         Naming the first bad value and what would be valid.
     """
-    from clients import ATTACKS, build_attack
-    from fl_iot.tracking import SINK_FACTORIES
-
     if isinstance(cfg, DictConfig):
         _refuse_unknown_keys(cfg, "")
     _check("seed", cfg.seed, low=0, high=MAX_SEED)
@@ -282,8 +284,6 @@ def validate_config(cfg: DictConfig | Config) -> None:
 
 
 def _validate_scenario(cfg: DictConfig | Config) -> None:
-    from fl_iot.data import DATASETS
-    from fl_iot.data.partition import PARTITION_SCHEMES
 
     scenario = cfg.scenario
     _check("scenario.num_rounds", scenario.num_rounds, low=1)
@@ -323,8 +323,6 @@ def _validate_scenario(cfg: DictConfig | Config) -> None:
 
 
 def _validate_device_classes(cfg: DictConfig | Config) -> None:
-    from clients import TRAINERS
-    from clients.privacy.profile import PrivacyProfile
 
     _check(
         "privacy.target_epsilon", cfg.privacy.target_epsilon, low=0, low_open=True, optional=True
