@@ -6,7 +6,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -48,17 +48,25 @@ from strategies.weighting import (
 _KEEP_ROUNDS = 32  # round reports and sent-message metadata kept in memory
 
 
+class ScoredReply(NamedTuple):
+    """One accepted reply as the wrapper scored it."""
+
+    parsed: ParsedReply
+    direction_z: float
+    anomaly_score: float
+    update_norm: float
+
+
 @dataclass
 class ScoredReplies:
     """Replies a wrapper screened and scored, handed to the strategy that aggregates them.
 
-    ``entries`` maps ``id(message)`` to ``(parsed reply, direction z-score, anomaly score,
-    update norm)``: identity, not content, because the wrapper passes the very same Message
-    objects on.
+    ``entries`` maps ``id(message)`` to its :class:`ScoredReply`: identity, not content, because
+    the wrapper passes the very same Message objects on.
     """
 
     spec: ModelSpec
-    entries: dict[int, tuple[ParsedReply, float, float, float]] = field(default_factory=dict)
+    entries: dict[int, ScoredReply] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -71,7 +79,7 @@ class ScoredReplies:
     ) -> ScoredReplies:
         """Index the accepted replies with their scores and update norms."""
         entries = {
-            id(p.message): (p, float(z), float(a), float(u))
+            id(p.message): ScoredReply(p, float(z), float(a), float(u))
             for p, z, a, u in zip(parsed, direction_z, anomaly, norms, strict=True)
         }
         return cls(spec, entries)
@@ -83,7 +91,7 @@ class ScoredReplies:
     def parsed(self, replies: Sequence[Message]) -> list[ParsedReply]:
         """The parsed replies, in device order."""
         return sorted(
-            (self.entries[id(m)][0] for m in replies), key=lambda p: device_order(p.device)
+            (self.entries[id(m)].parsed for m in replies), key=lambda p: device_order(p.device)
         )
 
 
@@ -322,9 +330,9 @@ class ReliabilityWeightedFedAvg(FedAvg):
             spec: ModelSpec | None = handoff.spec
             parsed = handoff.parsed(replies)
             rejections: list[Rejection] = []
-            direction_z = np.array([handoff.entries[id(p.message)][1] for p in parsed])
-            anomaly = [handoff.entries[id(p.message)][2] for p in parsed]
-            norms = np.array([handoff.entries[id(p.message)][3] for p in parsed])
+            direction_z = np.array([handoff.entries[id(p.message)].direction_z for p in parsed])
+            anomaly = [handoff.entries[id(p.message)].anomaly_score for p in parsed]
+            norms = np.array([handoff.entries[id(p.message)].update_norm for p in parsed])
         else:
             parsed, rejections, spec = screen_train_replies(
                 replies,
