@@ -24,8 +24,8 @@ fedmedian fedtrimmedavg multikrum bulyan trusted --seeds 0 1 2 3 4 5 6 7 8 --goa
 reply to training, which is what a perfect rejection leaves. ``--keep-metrics DIR`` keeps every
 run's ``metrics.jsonl`` (per-device signals and weights), named by :func:`metrics_file_name`.
 
-Extra Hydra overrides follow ``--``, e.g. ``-- strategy.direction_threshold=5``; they are part of
-a run's key, so variants of one strategy can share an output file.
+Extra Hydra overrides follow ``--``, e.g. ``-- strategy.thresholds.direction_threshold=5``; they
+are part of a run's key, so variants of one strategy can share an output file.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -22,6 +22,7 @@ from fl_iot.data import DATASETS
 from fl_iot.data.partition import PARTITION_SCHEMES
 from fl_iot.errors import ConfigError
 from fl_iot.tracking import SINK_FACTORIES
+from strategies import AnomalyThresholds
 
 
 @dataclass
@@ -179,8 +180,20 @@ class Config:
 
 
 def register_configs() -> None:
-    """Register the schema as ``base_config`` and the ``fl_iot.*`` resolvers (idempotent)."""
-    ConfigStore.instance().store(name="base_config", node=Config)
+    """Register the schema as ``base_config`` and the ``fl_iot.*`` resolvers (idempotent).
+
+    Also ``strategy/thresholds/anomaly``: every field of :class:`strategies.AnomalyThresholds`
+    with its default, which the anomaly-rejection strategy configs take as their ``thresholds``,
+    so that the defaults live in the dataclass alone and each is set from the command line as
+    ``strategy.thresholds.<field>=...``.
+    """
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    store.store(
+        group="strategy/thresholds",
+        name="anomaly",
+        node={"_target_": "strategies.AnomalyThresholds", **asdict(AnomalyThresholds())},
+    )
     for name, resolver in (
         ("fl_iot.attackers_per_round", attackers_per_round),
         ("fl_iot.honest_per_round", honest_per_round),

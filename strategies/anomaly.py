@@ -97,10 +97,9 @@ class AnomalyRejection(Strategy):
     ----------
     strategy : Strategy
         The strategy that aggregates the accepted updates.
-    norm_threshold, max_norm_ratio, direction_threshold, dispersion_ratio, duplicate_ratio,
-    max_count_ratio, max_reject_fraction, min_replies, norm_scale_floor, cosine_scale_floor,
-    cosine_relative_floor
-        Decision parameters, see :class:`~strategies.scoring.AnomalyThresholds`.
+    thresholds : AnomalyThresholds or None
+        When an update is an outlier (:class:`~strategies.scoring.AnomalyThresholds`, where
+        every default and its reason live). ``None``: the defaults.
     sample_size : int
         Coordinates sampled per round for direction and dispersion (>= 16; default 4096: the
         sampled cosine is within about 0.02 of the full-model cosine, well below the cosine
@@ -137,41 +136,23 @@ class AnomalyRejection(Strategy):
         self,
         strategy: Strategy,
         *,
-        norm_threshold: float = 4.0,
-        max_norm_ratio: float | None = 10.0,
-        direction_threshold: float = 4.0,
-        dispersion_ratio: float | None = 0.15,
-        duplicate_ratio: float | None = 0.1,
-        max_count_ratio: float | None = 10.0,
-        max_reject_fraction: float = 0.5,
-        min_replies: int = 3,
+        thresholds: AnomalyThresholds | None = None,
         sample_size: int = 4096,
         seed: int = 0,
         max_update_norm: float | None = None,
         weighted_by_key: str | None = None,
         tracker: ReliabilityTracker | None = None,
-        norm_scale_floor: float = 0.4,
-        cosine_scale_floor: float = 0.02,
-        cosine_relative_floor: float = 0.15,
         rescore_accepted: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(strategy, Strategy):
             raise ValueError(f"strategy must be a flwr Strategy, got {type(strategy).__name__}")
+        if thresholds is not None and not isinstance(thresholds, AnomalyThresholds):
+            raise ValueError(
+                f"thresholds must be an AnomalyThresholds, got {type(thresholds).__name__}"
+            )
         self.strategy = strategy
-        self.thresholds = AnomalyThresholds(
-            norm_threshold=norm_threshold,
-            max_norm_ratio=max_norm_ratio,
-            direction_threshold=direction_threshold,
-            dispersion_ratio=dispersion_ratio,
-            duplicate_ratio=duplicate_ratio,
-            max_count_ratio=max_count_ratio,
-            norm_scale_floor=norm_scale_floor,
-            cosine_scale_floor=cosine_scale_floor,
-            cosine_relative_floor=cosine_relative_floor,
-            min_replies=min_replies,
-            max_reject_fraction=max_reject_fraction,
-        )
+        self.thresholds = thresholds or AnomalyThresholds()
         validate_sampling(sample_size, max_update_norm)
         self.sample_size = int(sample_size)
         self.seed = int(seed)

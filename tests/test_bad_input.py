@@ -50,6 +50,11 @@ def test_a_strategy_constructor_refusal_becomes_a_config_error():
             ("strategy=fedtrimmedavg", "strategy.beta=0.7"),
             "'flwr.serverapp.strategy.FedTrimmedAvg' refused its options: ValueError: `beta`",
         ),
+        (
+            ("strategy=trusted", "strategy.thresholds.small_round_backward_pull=-1"),
+            "'strategies.AnomalyRejection' refused its options: ValueError: "
+            "small_round_backward_pull must be > 0 or None, got -1",
+        ),
     ]:
         cfg = OmegaConf.create(OmegaConf.to_container(compose(*overrides), resolve=True))
         with pytest.raises(ConfigError, match=f"^strategy {message}"):

@@ -11,7 +11,13 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg, FedMedian, Strategy
 
-from strategies import SIGNALS, AnomalyRejection, ReliabilityTracker, ReliabilityWeightedFedAvg
+from strategies import (
+    SIGNALS,
+    AnomalyRejection,
+    AnomalyThresholds,
+    ReliabilityTracker,
+    ReliabilityWeightedFedAvg,
+)
 from tests.test_strategies_support import (
     FakeGrid,
     arrayrecord,
@@ -239,14 +245,27 @@ def test_a_given_tracker_is_installed_in_the_inner_strategy() -> None:
     [
         pytest.param({"strategy": object()}, "must be a flwr Strategy", id="not-a-strategy"),
         pytest.param({"sample_size": 4}, "sample_size", id="sample-size"),
-        pytest.param({"norm_threshold": 0.0}, "norm_threshold", id="norm-threshold"),
-        pytest.param({"max_reject_fraction": 0.0}, "max_reject_fraction", id="fraction"),
+        pytest.param({"thresholds": {"norm_threshold": 5}}, "AnomalyThresholds", id="dict"),
     ],
 )
 def test_bad_parameters_raise(kwargs: dict[str, object], message: str) -> None:
     arguments: dict[str, object] = {"strategy": FedAvg(), **kwargs}
     with pytest.raises(ValueError, match=message):
         AnomalyRejection(**arguments)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("norm_threshold", 0.0), ("max_reject_fraction", 0.0)]
+)
+def test_bad_thresholds_raise_naming_the_field(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        AnomalyThresholds(**{field: value})  # type: ignore[arg-type]
+
+
+def test_thresholds_default_to_the_dataclass_and_are_used_as_given() -> None:
+    assert AnomalyRejection(FedAvg()).thresholds == AnomalyThresholds()
+    strict = AnomalyThresholds(norm_threshold=3.0, small_round_backward_pull=None)
+    assert AnomalyRejection(FedAvg(), thresholds=strict).thresholds is strict
 
 
 def test_is_a_flower_strategy_with_the_start_loop() -> None:

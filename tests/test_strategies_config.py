@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flwr.serverapp.strategy import FedAvg
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from strategies import AnomalyRejection, ReliabilityTracker, ReliabilityWeightedFedAvg
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-ROOT = {
+ROOT: dict[str, Any] = {
     "seed": 7,
     "scenario": {
         "fraction_train": 0.5,
@@ -25,8 +25,14 @@ ROOT = {
 
 
 def _build(name: str) -> object:
-    cfg = OmegaConf.create({**ROOT, "strategy": OmegaConf.load(CONF / "strategy" / f"{name}.yaml")})
-    return instantiate(cfg.strategy)
+    """The strategy of `conf/strategy/<name>.yaml`, composed as `fl-iot` does, under ``ROOT``."""
+    from fl_iot.config import register_configs
+
+    register_configs()  # the strategy/thresholds node
+    overrides = [f"strategy={name}", f"seed={ROOT['seed']}"]
+    overrides += [f"scenario.{key}={value}" for key, value in ROOT["scenario"].items()]
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return instantiate(compose(config_name="config", overrides=overrides).strategy)
 
 
 def test_trusted_is_anomaly_rejection_around_reliability_fedavg_with_one_tracker() -> None:
