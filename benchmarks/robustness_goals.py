@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from scipy.stats import t as student_t
+from scipy.stats import ttest_1samp
 
 from fl_iot.report import KEYS, Summary, load_summaries, mean_std
 
@@ -149,13 +148,10 @@ def paired_interval(
 
     The seeds are the pairs: both sides of a difference ran the same fleet and attackers.
     """
-    n = len(differences)
-    if n < 2:
+    if len(differences) < 2:
         return None
-    mean = statistics.mean(differences)
-    half = float(student_t.ppf(0.5 + confidence / 2, n - 1)) * statistics.stdev(differences)
-    half /= math.sqrt(n)
-    return mean - half, mean + half
+    interval = ttest_1samp(differences, 0.0).confidence_interval(confidence)
+    return float(interval.low), float(interval.high)
 
 
 def best_flower(

@@ -196,3 +196,12 @@ def test_probe_runs_add_seeds_at_the_grid_fractions_and_never_replace_the_grid_r
         ("s", "alie", "fedavg", "20%"): {1: 0.65},
     }
     assert grid[("s", "alie", "trusted", "20%")] == {0: 0.7}  # the grid's table is left as it was
+
+
+def test_paired_interval_is_the_student_t_interval_of_the_mean_difference() -> None:
+    from robustness_goals import paired_interval
+
+    # mean 0.02, standard deviation 0.01, 3 seeds: t(0.975, 2) = 4.302653 × 0.01 / √3
+    low, high = paired_interval([0.01, 0.03, 0.02])  # type: ignore[misc]
+    assert (low, high) == pytest.approx((0.02 - 0.0248414, 0.02 + 0.0248414), abs=1e-7)
+    assert paired_interval([0.01]) is None
