@@ -12,6 +12,10 @@ that differ only in their seed are aggregated. Row and column keys are read from
     strategies composed without Hydra);
 ``fraction``
     the attacker fraction, ``epsilon`` the target epsilon of the first private device class.
+
+The grouping is plain Python rather than a pandas pivot: pandas writes markdown only through
+``tabulate``, which is not installed, and the cells keep their own ``mean ± std (n)`` format and
+natural order (``1, 3, 8, none``) either way.
 """
 
 from __future__ import annotations
