@@ -94,7 +94,7 @@ class DeviceClassConfig:
 
 @dataclass
 class CentralDPConfig:
-    """Server-side (device-level) DP; off while ``noise_multiplier`` is null (fl_iot.central_dp)."""
+    """Server-side DP per device (strategies.CentralDP); off while ``noise_multiplier`` is null."""
 
     noise_multiplier: float | None = None
     clipping_norm: float = 1.0

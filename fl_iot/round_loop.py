@@ -70,7 +70,7 @@ def central_privacy_spent(strategy: Strategy) -> dict[str, float]:
     """What a server-side DP strategy says it spent so far; empty for any other strategy.
 
     Read through ``privacy_spent()``, the method of Flower's DP wrappers (``None`` there when they
-    have no accountant) and of :class:`fl_iot.central_dp.CentralDP`, which also reports the
+    have no accountant) and of :class:`strategies.central_dp.CentralDP`, which also reports the
     figure under Poisson sampling (``privacy_spent_if_poisson_sampling``).
     """
     privacy_spent = getattr(strategy, "privacy_spent", None)

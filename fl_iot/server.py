@@ -20,14 +20,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fl_iot.budgets import check_device_memory
-from fl_iot.central_dp import CentralDP
 from fl_iot.config import devices_per_round, to_container
 from fl_iot.device_runtime import RunContext, fresh_model, run_context
+from fl_iot.errors import ConfigError
 from fl_iot.metrics import evaluate_model, scores
 from fl_iot.models import count_parameters
 from fl_iot.roster import Roster, take_roll_call
 from fl_iot.round_loop import CentralEvaluation, RoundLoop
 from fl_iot.tracking import History, RunInfo, build_sinks, package_versions, summarize
+from strategies.central_dp import CentralDP
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def build_strategy(cfg: DictConfig) -> Strategy:
     """Instantiate ``cfg.strategy`` (any importable ``Strategy`` via ``_target_``).
 
     With ``privacy.central.noise_multiplier`` set, the strategy is wrapped in server-side DP
-    (:class:`fl_iot.central_dp.CentralDP`), the outermost layer.
+    (:class:`strategies.central_dp.CentralDP`), the outermost layer.
     """
     strategy = instantiate(cfg.strategy)
     if not isinstance(strategy, Strategy):
@@ -55,16 +56,19 @@ def build_strategy(cfg: DictConfig) -> Strategy:
     central = cfg.privacy.central
     if central.noise_multiplier is None:
         return strategy
-    return CentralDP(
-        strategy,
-        noise_multiplier=central.noise_multiplier,
-        clipping_norm=central.clipping_norm,
-        num_sampled_devices=devices_per_round(cfg),
-        num_devices=cfg.scenario.num_devices,
-        delta=central.delta,
-        max_weight_ratio=central.max_weight_ratio,
-        seed=cfg.seed,
-    )
+    try:
+        return CentralDP(
+            strategy,
+            noise_multiplier=central.noise_multiplier,
+            clipping_norm=central.clipping_norm,
+            num_sampled_devices=devices_per_round(cfg),
+            num_devices=cfg.scenario.num_devices,
+            delta=central.delta,
+            max_weight_ratio=central.max_weight_ratio,
+            seed=cfg.seed,
+        )
+    except ValueError as refusal:  # what it cannot wrap, or a value out of range
+        raise ConfigError(str(refusal)) from None
 
 
 def give_roster(strategy: Strategy, roster: Roster) -> None:

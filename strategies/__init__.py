@@ -90,6 +90,7 @@ Flower's API, and round reports follow :mod:`strategies.report`.
 """
 
 from strategies.anomaly import AnomalyRejection
+from strategies.central_dp import CentralDP
 from strategies.reliability import OUTCOMES, ReliabilityTracker
 from strategies.reliability_fedavg import ReliabilityWeightedFedAvg
 from strategies.report import DEVICE_KEYS
@@ -112,6 +113,7 @@ __all__ = [
     "AnomalyRejection",
     "AnomalyScores",
     "AnomalyThresholds",
+    "CentralDP",
     "ReliabilityTracker",
     "ReliabilityWeightedFedAvg",
     "agreement_quality",

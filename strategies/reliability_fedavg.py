@@ -127,7 +127,7 @@ class ReliabilityWeightedFedAvg(FedAvg):
     is shrunk to that norm (:func:`~strategies.weighting.norm_clip_factors`), so no accepted
     update, however boosted, moves the model by more than a few typical updates.
 
-    Under central DP (:class:`fl_iot.central_dp.CentralDP` sets ``max_weight_share``) the
+    Under central DP (:class:`strategies.central_dp.CentralDP` sets ``max_weight_share``) the
     weights keep only what does not depend on the other devices' updates of the round, bounded
     quantity and reliability, and no device's share exceeds ``max_weight_share``
     (:func:`~strategies.weighting.cap_shares`): agreement quality and the median-norm bound are
@@ -236,7 +236,7 @@ class ReliabilityWeightedFedAvg(FedAvg):
         self.sample_size = int(sample_size)
         self.seed = int(seed)
         self.max_update_norm = max_update_norm
-        # Set by central DP (fl_iot.central_dp.CentralDP) each round; see the class docstring.
+        # Set by central DP (strategies.central_dp.CentralDP) each round; see the class docstring.
         self.max_weight_share: float | None = None
         self.current_arrays: ArrayRecord | None = None
         self.roster: dict[int, str] | None = None

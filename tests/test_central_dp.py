@@ -12,12 +12,12 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from clients.privacy import central_dp_epsilon
-from fl_iot.central_dp import CentralDP
 from fl_iot.client_app import build_client_app
 from fl_iot.errors import ConfigError
 from fl_iot.run_config import compose_config
 from fl_iot.server import run_server
 from strategies import ReliabilityWeightedFedAvg
+from strategies.central_dp import CentralDP
 from tests.in_process_grid import InProcessGrid, set_task_identity
 from tests.test_strategies_support import configure, numpy_arrays
 from tests.test_strategies_support import reply as strategy_reply
@@ -109,8 +109,17 @@ def test_reliability_weighting_under_central_dp_caps_every_share_and_scales_the_
 
 @pytest.mark.parametrize("strategy", [FedMedian(), object()])
 def test_strategies_whose_output_is_not_a_bounded_weighted_mean_are_refused(strategy):
-    with pytest.raises(ConfigError, match="central DP cannot wrap"):
+    with pytest.raises(ValueError, match="central DP cannot wrap"):
         CentralDP(strategy, 1.0, 1.0, num_sampled_devices=4, num_devices=10)  # type: ignore[arg-type]
+
+
+def test_fl_iot_reports_a_refused_wrap_as_a_config_error():
+    from fl_iot.server import build_strategy
+
+    GlobalHydra.instance().clear()
+    cfg = compose_config(("privacy=central_dp", "strategy=fedmedian"))
+    with pytest.raises(ConfigError, match=r"^central DP cannot wrap FedMedian"):
+        build_strategy(cfg)
 
 
 @pytest.mark.parametrize(
@@ -163,7 +172,7 @@ def test_the_poisson_figure_uses_the_rate_the_round_sampled_with_not_the_replies
     # Assert: a round that sampled the whole fleet gets no amplification, however many replied
     assert report["released"] and report["replies"] == 3
     assert report["epsilon_if_poisson_sampling"] == pytest.approx(report["epsilon"], rel=1e-12)
-    assert dp.released == [(0.75, 1.0, 1)]
+    assert dp.released == [(0.75, 4)]
 
 
 def test_the_round_loop_reads_privacy_spent_from_flowers_dp_wrapper_and_ours():

@@ -34,8 +34,9 @@ Integer buffers
     Neither Flower's wrapper nor the wrapped strategy sees a device's integer buffers.
 
 Accounting
-    Every released round is a Gaussian mechanism; epsilon at ``delta`` is composed with
-    dp-accounting (:func:`clients.privacy.central_dp_epsilon`, RDP) without amplification by
+    Every released round is a Gaussian mechanism; epsilon at ``delta`` is composed by Flower's
+    RDP accountant (``flwr.supercore.privacy_accounting``, dp-accounting underneath), one event
+    per released round with the noise it really had, without amplification by
     sampling, because Flower samples a fixed-size cohort and may pick the same device in
     consecutive rounds. The optimistic Poisson-sampling figure is reported alongside, labelled;
     its sampling rate is the share of the fleet the round sampled (``sampled / N``), whatever
@@ -61,10 +62,15 @@ from flwr.serverapp.strategy import (
     MultiKrum,
     Strategy,
 )
-from flwr.supercore.privacy_accounting import PrivacySpent
+from flwr.supercore.privacy_accounting import (
+    GaussianPrivacyEvent,
+    NeighboringRelation,
+    PrivacyConfig,
+    PrivacySpent,
+    SamplingMethod,
+)
+from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
-from clients.privacy.accounting import central_dp_epsilon
-from fl_iot.errors import ConfigError
 from strategies.arrays import ArrayFormatError, ModelSpec, restore_layout
 from strategies.validation import clone_reply
 
@@ -110,17 +116,17 @@ class CentralDP(Strategy):
         if isinstance(strategy, ROBUST_RULES) or not (
             isinstance(strategy, FedAvg) or hasattr(strategy, "max_weight_share")
         ):
-            raise ConfigError(
+            raise ValueError(
                 f"central DP cannot wrap {type(strategy).__name__}: its output can move by more "
                 "than one device's bounded share, so the noise would not cover it; use a "
                 "FedAvg-family strategy (fedavg, fedprox, fedadam) or strategy=reliability"
             )
         if noise_multiplier <= 0:
-            raise ConfigError(f"central DP noise_multiplier must be > 0, got {noise_multiplier}")
+            raise ValueError(f"central DP noise_multiplier must be > 0, got {noise_multiplier}")
         if max_weight_ratio < 1:
-            raise ConfigError(f"central DP max_weight_ratio must be >= 1, got {max_weight_ratio}")
+            raise ValueError(f"central DP max_weight_ratio must be >= 1, got {max_weight_ratio}")
         if not 0 < delta < 1:
-            raise ConfigError(f"central DP delta must be in (0, 1), got {delta}")
+            raise ValueError(f"central DP delta must be in (0, 1), got {delta}")
         self.strategy = strategy
         self.noise_multiplier = noise_multiplier
         self.max_weight_ratio = max_weight_ratio
@@ -135,7 +141,8 @@ class CentralDP(Strategy):
             clipping_norm=clipping_norm,
             num_sampled_clients=num_sampled_devices,
         )
-        self.released: list[tuple[float, float, int]] = []
+        self.released: list[tuple[float, int]] = []
+        """``(effective noise multiplier, devices sampled)`` of every released round."""
         self._last_round: dict[str, Any] = {}
         self._sampled: dict[int, int] = {}
         self._spec: ModelSpec | None = None
@@ -195,7 +202,7 @@ class CentralDP(Strategy):
             effective = self.noise_multiplier * n / self.num_sampled_devices
             # The rate the round sampled with: devices that fail do not make sampling sparser.
             sampled = self._sampled.get(server_round, self.num_sampled_devices)
-            self.released.append((effective, min(1.0, sampled / self.num_devices), 1))
+            self.released.append((effective, min(sampled, self.num_devices)))
             self._last_round.update(released=True, effective_noise_multiplier=effective)
         return arrays, metrics
 
@@ -211,21 +218,13 @@ class CentralDP(Strategy):
         """Pass evaluation through."""
         return self.strategy.aggregate_evaluate(server_round, replies)
 
-    def epsilon(self, amplification: str = "none") -> float:
-        """Epsilon spent by the released rounds so far, at ``delta`` (0 before any release)."""
-        if not self.released:
-            return 0.0
-        return central_dp_epsilon(self.released, self.delta, amplification=amplification)  # type: ignore[arg-type]
-
     def privacy_spent(self) -> PrivacySpent:
-        """What the released rounds spent, without amplification by sampling.
+        """What the released rounds spent at ``delta``, without amplification by sampling.
 
         The method Flower's DP wrappers have (``DifferentialPrivacyServerSideFixedClipping``),
         so that an application reads any of them the same way.
         """
-        return PrivacySpent(
-            self.epsilon("none"), self.delta, len(self.released), "rdp, no amplification"
-        )
+        return self._spent(SamplingMethod.NO_AMPLIFICATION)
 
     def privacy_spent_if_poisson_sampling(self) -> PrivacySpent:
         """What the released rounds spent if each device joined each round independently.
@@ -233,9 +232,18 @@ class CentralDP(Strategy):
         Only valid if the cohort were drawn that way (Flower samples a fixed-size cohort), at
         the rate each round sampled with; reported alongside :meth:`privacy_spent`, labelled.
         """
-        return PrivacySpent(
-            self.epsilon("poisson"), self.delta, len(self.released), "rdp, poisson sampling"
+        return self._spent(SamplingMethod.POISSON)
+
+    def _spent(self, sampling: SamplingMethod) -> PrivacySpent:
+        if not self.released:
+            return PrivacySpent(0.0, self.delta, 0, f"rdp, {sampling.value}")
+        config = PrivacyConfig(
+            self.delta, self.num_devices, NeighboringRelation.ADD_OR_REMOVE_ONE, sampling
         )
+        accountant = RdpAccountant(config)
+        for noise_multiplier, sampled in self.released:
+            accountant.compose(GaussianPrivacyEvent(noise_multiplier, sampled, self.num_devices))
+        return accountant.get_privacy_spent()
 
     def round_report(self, server_round: int) -> dict[str, Any]:
         """The wrapped strategy's report plus this round's central-DP accounting."""
