@@ -17,13 +17,13 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from fl_iot.central_dp import CentralDP
 from strategies import (
     AnomalyRejection,
     ReliabilityWeightedFedAvg,
     answered_node,
     sent_destinations,
 )
+from strategies.central_dp import CentralDP
 from strategies.validation import check_roster
 from tests.test_strategies_support import (
     FakeGrid,

@@ -17,8 +17,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from fl_iot.central_dp import CentralDP
 from strategies import AnomalyRejection, ReliabilityWeightedFedAvg
+from strategies.central_dp import CentralDP
 from tests.test_strategies_support import FakeGrid, task_identity  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("task_identity")
