@@ -36,9 +36,9 @@ Integer buffers
 Accounting
     Every released round is a Gaussian mechanism; epsilon at ``delta`` is composed by Flower's
     RDP accountant (``flwr.supercore.privacy_accounting``, dp-accounting underneath), one event
-    per released round with the noise it really had, without amplification by
-    sampling, because Flower samples a fixed-size cohort and may pick the same device in
-    consecutive rounds. The optimistic Poisson-sampling figure is reported alongside, labelled;
+    per released round with the noise it really had, without amplification by sampling,
+    because Flower samples a fixed-size cohort and may pick the same device in consecutive
+    rounds. The optimistic Poisson-sampling figure is reported alongside, labelled;
     its sampling rate is the share of the fleet the round sampled (``sampled / N``), whatever
     share of the sampled devices replied.
 """
