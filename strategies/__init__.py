@@ -84,9 +84,10 @@ through the roster given to ``set_roster(roster)`` (``{node_id: device_key}``); 
 devices are node ids. What a reply says about itself is never its identity: a claim that differs
 from the roster is rejected as a spoof (:mod:`strategies.validation`).
 
-The math lives in module-level functions (:mod:`strategies.scoring`, :mod:`strategies.weighting`,
-:mod:`strategies.arrays`, :mod:`strategies.validation`); the strategies are thin layers over
-Flower's API, and round reports follow :mod:`strategies.report`.
+The math lives in module-level functions (:mod:`strategies.scoring` over
+:mod:`strategies.statistics`, :mod:`strategies.sample` and :mod:`strategies.robust`;
+:mod:`strategies.weighting`, :mod:`strategies.arrays`, :mod:`strategies.validation`); the strategies
+are thin layers over Flower's API, and round reports follow :mod:`strategies.report`.
 """
 
 from strategies.anomaly import AnomalyRejection
@@ -94,15 +95,10 @@ from strategies.central_dp import CentralDP
 from strategies.reliability import OUTCOMES, ReliabilityTracker
 from strategies.reliability_fedavg import ReliabilityWeightedFedAvg
 from strategies.report import DEVICE_KEYS
-from strategies.scoring import (
-    SIGNALS,
-    AnomalyScores,
-    AnomalyThresholds,
-    agreement_quality,
-    anomaly_scores,
-    robust_center_scale,
-    update_statistics,
-)
+from strategies.robust import robust_center_scale
+from strategies.scoring import SIGNALS, AnomalyScores, agreement_quality, anomaly_scores
+from strategies.statistics import update_statistics
+from strategies.thresholds import AnomalyThresholds
 from strategies.validation import answered_node, sent_destinations
 from strategies.weighting import bounded_quantity, combine_weights
 

@@ -25,18 +25,16 @@ from strategies.reliability_fedavg import (
     with_unknown_nodes,
 )
 from strategies.report import device_entry, device_order, merge_reports
+from strategies.sample import SamplePlan, gather_sample
 from strategies.scoring import (
     SIGNALS,
     AnomalyScores,
-    AnomalyThresholds,
-    SamplePlan,
     agreement_among,
     anomaly_scores,
-    gather_sample,
     history_anomaly,
-    output_layer_cosine,
-    update_statistics,
 )
+from strategies.statistics import output_layer_cosine, update_statistics
+from strategies.thresholds import AnomalyThresholds
 from strategies.validation import (
     ANOMALOUS,
     FAILED,
@@ -98,7 +96,7 @@ class AnomalyRejection(Strategy):
     strategy : Strategy
         The strategy that aggregates the accepted updates.
     thresholds : AnomalyThresholds or None
-        When an update is an outlier (:class:`~strategies.scoring.AnomalyThresholds`, where
+        When an update is an outlier (:class:`~strategies.thresholds.AnomalyThresholds`, where
         every default and its reason live). ``None``: the defaults.
     sample_size : int
         Coordinates sampled per round for direction and dispersion (>= 16; default 4096: the

@@ -19,7 +19,8 @@ from strategies import reliability as R
 from strategies.arrays import ArrayFormatError, ModelSpec, to_arrayrecord, weighted_average
 from strategies.reliability import ReliabilityTracker
 from strategies.report import device_entry, device_order
-from strategies.scoring import AnomalyThresholds, agreement_among, agreement_quality
+from strategies.scoring import agreement_among, agreement_quality
+from strategies.thresholds import AnomalyThresholds
 from strategies.validation import (
     FAILED,
     UNKNOWN,

@@ -10,17 +10,14 @@ from flwr.app import Array, ArrayRecord
 
 from strategies import AnomalyThresholds, anomaly_scores, robust_center_scale, update_statistics
 from strategies.arrays import ModelSpec
-from strategies.scoring import (
-    SamplePlan,
+from strategies.robust import row_median
+from strategies.sample import SamplePlan, gather_sample
+from strategies.scoring import agreement_z, backward_pull, history_anomaly
+from strategies.statistics import (
     UpdateStatistics,
-    agreement_z,
-    backward_pull,
-    gather_sample,
-    history_anomaly,
     median_cosine,
     nearest_relative_distance,
     output_layer_cosine,
-    row_median,
 )
 
 
