@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import traceback
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from logging import ERROR, INFO, WARNING
 from typing import Any
@@ -14,16 +13,17 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from strategies import reliability as R
-from strategies.arrays import ArrayFormatError, ModelSpec, restore_layout
-from strategies.reliability import ReliabilityTracker
-from strategies.reliability_fedavg import (
-    ReliabilityWeightedFedAvg,
-    ScoredReplies,
-    late_devices,
+from strategies.arrays import ModelSpec, restore_layout
+from strategies.handoff import ScoredAggregation, ScoredReplies
+from strategies.ledger import (
+    RoundLedger,
+    empty_report,
+    log_rejections,
+    record_round,
+    round_report,
     validate_sampling,
-    with_unknown_nodes,
 )
+from strategies.reliability import ReliabilityTracker
 from strategies.report import device_entry, device_order, merge_reports
 from strategies.sample import SamplePlan, gather_sample
 from strategies.scoring import (
@@ -37,23 +37,13 @@ from strategies.statistics import output_layer_cosine, update_statistics
 from strategies.thresholds import AnomalyThresholds
 from strategies.validation import (
     ANOMALOUS,
-    FAILED,
-    UNKNOWN,
-    Outbox,
     ParsedReply,
     Rejection,
     check_roster,
-    check_values,
     clone_reply,
-    log_rejection,
     sanitized_metrics,
-    screen_evaluate_replies,
-    screen_train_replies,
     with_records,
 )
-
-_KEEP_ROUNDS = 32
-
 
 COLLUSION_CAUSES = frozenset({"duplicate_ratio", "dispersion_ratio"})
 """Rejection causes that mark colluders (copies of one crafted update, or updates crafted onto the
@@ -83,8 +73,10 @@ class AnomalyRejection(Strategy):
        the accepted replies only (sorted by device, metrics restricted to common keys so that
        Flower's consistency checks cannot raise).
 
-    When the wrapped strategy is a :class:`~strategies.ReliabilityWeightedFedAvg`, the two share
-    one tracker and the wrapper hands over its direction scores, so the norm pass runs once.
+    When the wrapped strategy takes scored replies (:class:`~strategies.handoff.ScoredAggregation`,
+    as :class:`~strategies.ReliabilityWeightedFedAvg` does), the two share one tracker and the
+    wrapper hands over its direction scores, so the norm pass runs once; any other strategy gets
+    the accepted replies only.
 
     Devices are keyed by the node a reply answers, through the roster given to
     :meth:`set_roster` (node ids without one), never by what a reply claims; see
@@ -125,8 +117,8 @@ class AnomalyRejection(Strategy):
         ``False``: the round's scores as they are.
     tracker : ReliabilityTracker or None
         Where outcomes and anomaly shares are recorded. ``None``: the wrapped strategy's tracker
-        when it has one, else a new one. A tracker given here is also installed in a wrapped
-        :class:`~strategies.ReliabilityWeightedFedAvg`.
+        when it takes scored replies, else a new one. A tracker given here is also installed in
+        such a strategy.
     """
 
     # pylint: disable=too-many-arguments,too-many-instance-attributes
@@ -159,17 +151,14 @@ class AnomalyRejection(Strategy):
         self.weighted_by_key = weighted_by_key or str(
             getattr(strategy, "weighted_by_key", "num-examples")
         )
-        inner = strategy if isinstance(strategy, ReliabilityWeightedFedAvg) else None
+        scored = strategy if isinstance(strategy, ScoredAggregation) else None
         if tracker is None:
-            tracker = inner.tracker if inner is not None else ReliabilityTracker()
-        elif inner is not None:
-            inner.tracker = tracker
+            tracker = scored.tracker if scored is not None else ReliabilityTracker()
+        elif scored is not None:
+            scored.tracker = tracker
         self.tracker = tracker
-        self.current_arrays: ArrayRecord | None = None
         self.roster: dict[int, str] | None = None
-        self._sent = Outbox(_KEEP_ROUNDS)
-        self._sent_evaluate = Outbox(_KEEP_ROUNDS)
-        self._reports: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._ledger = RoundLedger()
 
     def __repr__(self) -> str:
         return f"AnomalyRejection({type(self.strategy).__name__})"
@@ -218,23 +207,17 @@ class AnomalyRejection(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Delegate; remember the global model and the messages sent."""
-        self.current_arrays = arrays
-        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        self._sent.record(server_round, messages)
-        return messages
+        messages = self.strategy.configure_train(server_round, arrays, config, grid)
+        return self._ledger.train_sent(server_round, arrays, messages)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Reject malformed and anomalous replies; the wrapped strategy aggregates the rest."""
         replies = list(replies)
-        parsed, rejections, spec = screen_train_replies(
-            replies, self._spec(), self.weighted_by_key, self.roster, self._sent.sent(server_round)
+        parsed, rejections, spec, norms = self._ledger.screen(
+            server_round, replies, self.weighted_by_key, self.roster, self.max_update_norm
         )
-        norms = np.zeros(0)
-        if spec is not None:
-            parsed, value_rejections, norms = check_values(parsed, spec, self.max_update_norm)
-            rejections += value_rejections
         counts = np.array([p.num_examples for p in parsed], dtype=np.float64)
         scores = self._score(server_round, parsed, spec, norms, counts)
         accepted = [p for p, bad in zip(parsed, scores.rejected, strict=True) if not bad]
@@ -242,8 +225,7 @@ class AnomalyRejection(Strategy):
             if bad:
                 rejections.append(Rejection(p.device, p.node_id, str(reason), ANOMALOUS))
         rejections.sort(key=lambda r: (device_order(r.device), r.reason))
-        for r in rejections:
-            log_rejection(r)
+        log_rejections(rejections)
 
         inner = self.strategy
         agreement = scores.agreement_z
@@ -259,8 +241,9 @@ class AnomalyRejection(Strategy):
                 server_round,
                 self.thresholds,
             )
-        self._record_history(server_round, parsed, scores, rejections, replies, agreement)
-        if isinstance(inner, ReliabilityWeightedFedAvg) and spec is not None:
+        late = self._ledger.late(server_round, replies, self.roster)
+        self._record_history(server_round, parsed, scores, rejections, late, agreement)
+        if isinstance(inner, ScoredAggregation) and spec is not None:
             inner.receive_scored(
                 server_round,
                 ScoredReplies.build(
@@ -286,29 +269,24 @@ class AnomalyRejection(Strategy):
                     error,
                     traceback.format_exc(),
                 )
-        self._reports[server_round] = self._report(
-            server_round, replies, parsed, rejections, counts, scores, error
+        self._ledger.store_report(
+            server_round,
+            self._report(server_round, replies, parsed, rejections, late, counts, scores, error),
         )
-        _trim(self._reports)
         return arrays, metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Delegate; remember the messages sent."""
-        messages = list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
-        self._sent_evaluate.record(server_round, messages)
-        return messages
+        messages = self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        return self._ledger.evaluate_sent(server_round, messages)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Drop evaluate replies that Flower's metric averaging would raise on, then delegate."""
-        kept, dropped = screen_evaluate_replies(
-            replies, self.weighted_by_key, self._sent_evaluate.sent(server_round)
-        )
-        for node, reason in dropped:
-            log(INFO, "aggregate_evaluate: ignored node %d: %s", node, reason)
+        kept = self._ledger.screen_evaluate(server_round, replies, self.weighted_by_key)
         if not kept:
             return None
         try:
@@ -327,9 +305,9 @@ class AnomalyRejection(Strategy):
 
     def round_report(self, server_round: int) -> dict[str, Any]:
         """The report of ``server_round``, merged with the wrapped strategy's."""
-        own = self._reports.get(server_round)
+        own = self._ledger.report(server_round)
         if own is None:
-            own = {"strategy": repr(self), "round": server_round, "rejected": {}, "devices": {}}
+            own = empty_report(repr(self), server_round)
         inner_report = getattr(self.strategy, "round_report", None)
         if not callable(inner_report):
             return own
@@ -358,15 +336,6 @@ class AnomalyRejection(Strategy):
         self.tracker.load_state_dict(state["tracker"])
 
     # -- internals -------------------------------------------------------------------------------
-
-    def _spec(self) -> ModelSpec | None:
-        if self.current_arrays is None:
-            return None
-        try:
-            return ModelSpec.from_arrayrecord(self.current_arrays)
-        except ArrayFormatError as error:
-            log(WARNING, "global model not readable (%s); inferring the layout from replies", error)
-            return None
 
     def _restore_layout(self, arrays: ArrayRecord, spec: ModelSpec) -> ArrayRecord:
         """The wrapped strategy's model with the sent model's dtypes and shapes.
@@ -402,12 +371,12 @@ class AnomalyRejection(Strategy):
     def _forward(self, accepted: list[ParsedReply]) -> list[Message]:
         """The accepted replies, in a form the wrapped strategy aggregates without raising.
 
-        Our own weighting strategy takes the original Messages (it reads the scored copies handed
-        over by :meth:`~ReliabilityWeightedFedAvg.receive_scored`). Any other strategy gets copies
-        with one ArrayRecord and one MetricRecord restricted to the keys all replies share, since
-        Flower's consistency checks raise on the slightest difference.
+        A :class:`~strategies.handoff.ScoredAggregation` takes the very Messages it was handed
+        the scores of. Any other strategy gets copies with one ArrayRecord and one MetricRecord
+        restricted to the keys all replies share, since Flower's consistency checks raise on the
+        slightest difference.
         """
-        if isinstance(self.strategy, ReliabilityWeightedFedAvg):
+        if isinstance(self.strategy, ScoredAggregation):
             return [p.message for p in accepted]
         clean_metrics = sanitized_metrics([p.metrics for p in accepted], self.weighted_by_key)
         return [
@@ -428,28 +397,16 @@ class AnomalyRejection(Strategy):
         parsed: list[ParsedReply],
         scores: AnomalyScores,
         rejections: list[Rejection],
-        replies: list[Message],
+        late: list[str],
         quality_z: np.ndarray,
     ) -> None:
-        share = history_anomaly(scores.score)
-        direction = {p.device: float(quality_z[i]) for i, p in enumerate(parsed)}
-        for i, p in enumerate(parsed):
-            if not scores.rejected[i]:
-                self.tracker.observe(
-                    p.device, server_round, R.COMPLETED, float(share[i]), direction[p.device]
-                )
-        for r in rejections:
-            if r.kind == UNKNOWN:
-                continue  # a node outside the roster is no device: nothing to remember
-            outcome = {FAILED: R.FAILED, ANOMALOUS: R.REJECTED}.get(r.kind, R.MALFORMED)
-            self.tracker.observe(r.device, server_round, outcome, direction=direction.get(r.device))
-        for device in self._late(server_round, replies):
-            self.tracker.observe(device, server_round, R.LATE)
-
-    def _late(self, server_round: int, replies: list[Message]) -> list[str]:
-        return late_devices(
-            self._sent.nodes(server_round), replies, self._sent.sent(server_round), self.roster
-        )
+        share = history_anomaly(scores.score).tolist()
+        z = quality_z.tolist()
+        completed = [
+            (p.device, share[i], z[i]) for i, p in enumerate(parsed) if not scores.rejected[i]
+        ]
+        directions = {p.device: z[i] for i, p in enumerate(parsed)}
+        record_round(self.tracker, server_round, completed, rejections, late, directions)
 
     def _report(
         self,
@@ -457,6 +414,7 @@ class AnomalyRejection(Strategy):
         replies: list[Message],
         parsed: list[ParsedReply],
         rejections: list[Rejection],
+        late: list[str],
         counts: np.ndarray,
         scores: AnomalyScores,
         error: str | None,
@@ -474,28 +432,14 @@ class AnomalyRejection(Strategy):
                 anomaly_score=score[i] if scored[i] else None,
                 signals={name: values[i] for name, values in signals.items()},
             )
-        known = [r for r in rejections if r.kind != UNKNOWN]
-        for r in known:
-            devices.setdefault(
-                r.device,
-                device_entry(
-                    r.kind, weight=0.0, reliability=self.tracker.reliability(r.device, server_round)
-                ),
-            )
-        report = {
-            "strategy": repr(self),
-            "round": server_round,
-            "num_replies": len(replies),
-            "num_accepted": len(parsed) - int(scores.rejected.sum()),
-            "rejected": {r.device: r.reason for r in known},
-            "late": self._late(server_round, replies),
-            "devices": dict(sorted(devices.items(), key=lambda kv: device_order(kv[0]))),
-        }
-        if error is not None:
-            report["error"] = error
-        return with_unknown_nodes(report, rejections)
-
-
-def _trim(store: OrderedDict[int, Any]) -> None:
-    while len(store) > _KEEP_ROUNDS:
-        store.popitem(last=False)
+        return round_report(
+            repr(self),
+            server_round,
+            len(replies),
+            len(parsed) - int(scores.rejected.sum()),
+            devices,
+            rejections,
+            late,
+            self.tracker,
+            error,
+        )

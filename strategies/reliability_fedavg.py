@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -15,27 +13,26 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
-from strategies import reliability as R
-from strategies.arrays import ArrayFormatError, ModelSpec, to_arrayrecord, weighted_average
+from strategies.arrays import ModelSpec, to_arrayrecord, weighted_average
+from strategies.handoff import ScoredReplies
+from strategies.ledger import (
+    RoundLedger,
+    empty_report,
+    log_rejections,
+    record_round,
+    round_report,
+    validate_sampling,
+)
 from strategies.reliability import ReliabilityTracker
-from strategies.report import device_entry, device_order
+from strategies.report import device_entry
 from strategies.scoring import agreement_among, agreement_quality
 from strategies.thresholds import AnomalyThresholds
 from strategies.validation import (
-    FAILED,
-    UNKNOWN,
-    Outbox,
     ParsedReply,
     Rejection,
     check_roster,
-    check_values,
     common_metric_keys,
-    log_rejection,
-    node_of,
-    roster_device,
     sanitized_metrics,
-    screen_evaluate_replies,
-    screen_train_replies,
     with_records,
 )
 from strategies.weighting import (
@@ -45,55 +42,6 @@ from strategies.weighting import (
     norm_clip_factors,
     weighted_metrics,
 )
-
-_KEEP_ROUNDS = 32  # round reports and sent-message metadata kept in memory
-
-
-class ScoredReply(NamedTuple):
-    """One accepted reply as the wrapper scored it."""
-
-    parsed: ParsedReply
-    direction_z: float
-    anomaly_score: float
-    update_norm: float
-
-
-@dataclass
-class ScoredReplies:
-    """Replies a wrapper screened and scored, handed to the strategy that aggregates them.
-
-    ``entries`` maps ``id(message)`` to its :class:`ScoredReply`: identity, not content, because
-    the wrapper passes the very same Message objects on.
-    """
-
-    spec: ModelSpec
-    entries: dict[int, ScoredReply] = field(default_factory=dict)
-
-    @classmethod
-    def build(
-        cls,
-        spec: ModelSpec,
-        parsed: Sequence[ParsedReply],
-        direction_z: Sequence[float],
-        anomaly: Sequence[float],
-        norms: Sequence[float],
-    ) -> ScoredReplies:
-        """Index the accepted replies with their scores and update norms."""
-        entries = {
-            id(p.message): ScoredReply(p, float(z), float(a), float(u))
-            for p, z, a, u in zip(parsed, direction_z, anomaly, norms, strict=True)
-        }
-        return cls(spec, entries)
-
-    def covers(self, replies: Sequence[Message]) -> bool:
-        """Whether ``replies`` are exactly the scored Messages."""
-        return len(replies) == len(self.entries) and all(id(m) in self.entries for m in replies)
-
-    def parsed(self, replies: Sequence[Message]) -> list[ParsedReply]:
-        """The parsed replies, in device order."""
-        return sorted(
-            (self.entries[id(m)].parsed for m in replies), key=lambda p: device_order(p.device)
-        )
 
 
 class ReliabilityWeightedFedAvg(FedAvg):
@@ -239,12 +187,9 @@ class ReliabilityWeightedFedAvg(FedAvg):
         self.max_update_norm = max_update_norm
         # Set by central DP (strategies.central_dp.CentralDP) each round; see the class docstring.
         self.max_weight_share: float | None = None
-        self.current_arrays: ArrayRecord | None = None
         self.roster: dict[int, str] | None = None
-        self._sent = Outbox(_KEEP_ROUNDS)
-        self._sent_evaluate = Outbox(_KEEP_ROUNDS)
-        self._signals: dict[int, ScoredReplies] = {}
-        self._reports: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._ledger = RoundLedger()
+        self._scored: dict[int, ScoredReplies] = {}
 
     def __repr__(self) -> str:
         return f"ReliabilityWeightedFedAvg(quantity_cap={self.quantity_cap:g})"
@@ -293,67 +238,52 @@ class ReliabilityWeightedFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample nodes like FedAvg; remember the global model and the messages sent."""
-        self.current_arrays = arrays
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        self._sent.record(server_round, messages)
-        return messages
+        messages = super().configure_train(server_round, arrays, config, grid)
+        return self._ledger.train_sent(server_round, arrays, messages)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample nodes like FedAvg; remember the messages sent."""
-        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
-        self._sent_evaluate.record(server_round, messages)
-        return messages
+        messages = super().configure_evaluate(server_round, arrays, config, grid)
+        return self._ledger.evaluate_sent(server_round, messages)
 
     def receive_scored(self, server_round: int, scored: ScoredReplies) -> None:
-        """Accept the replies a wrapper has already screened and scored in this round.
+        """Take the scores of the replies a wrapper hands over next (:mod:`strategies.handoff`).
 
-        Called by :class:`~strategies.AnomalyRejection` just before it delegates aggregation with
-        the very same Message objects: the wrapper has checked the values and scored every update,
-        so this strategy neither parses the replies again, nor repeats the pass over the
-        parameters, nor records the round in the tracker (the wrapper did, with the anomaly
+        This strategy then neither parses those replies again, nor repeats the pass over the
+        parameters, nor records the round in the tracker (the wrapper did, with its anomaly
         scores). Replies that are not the scored ones are screened as usual.
         """
-        self._signals[server_round] = scored
+        self._scored[server_round] = scored
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Screen the replies, weight the well-formed ones, and average them."""
         replies = list(replies)
-        handoff = self._signals.pop(server_round, None)
+        handoff = self._scored.pop(server_round, None)
         if handoff is not None and not handoff.covers(replies):
             log(WARNING, "aggregate_train: replies differ from the scored ones; screening again")
             handoff = None
         anomaly: list[float | None]
         if handoff is not None:
             spec: ModelSpec | None = handoff.spec
-            parsed = handoff.parsed(replies)
+            parsed = [e.parsed for e in handoff.entries]
             rejections: list[Rejection] = []
-            direction_z = np.array([handoff.entries[id(p.message)].direction_z for p in parsed])
-            anomaly = [handoff.entries[id(p.message)].anomaly_score for p in parsed]
-            norms = np.array([handoff.entries[id(p.message)].update_norm for p in parsed])
+            direction_z = np.array([e.direction_z for e in handoff.entries])
+            anomaly = [e.anomaly_score for e in handoff.entries]
+            norms = np.array([e.update_norm for e in handoff.entries])
         else:
-            parsed, rejections, spec = screen_train_replies(
-                replies,
-                self._spec(),
-                self.weighted_by_key,
-                self.roster,
-                self._sent.sent(server_round),
+            screened = self._ledger.screen(
+                server_round, replies, self.weighted_by_key, self.roster, self.max_update_norm
             )
+            parsed, rejections, spec, norms = screened
             direction_z = np.full(len(parsed), np.nan)  # not scored
-            norms = np.zeros(len(parsed))
             if spec is not None:
-                parsed, value_rejections, norms = check_values(parsed, spec, self.max_update_norm)
-                rejections = sorted(
-                    rejections + value_rejections,
-                    key=lambda r: (device_order(r.device), r.reason),
-                )
                 direction_z = self._direction_z(server_round, parsed, spec, norms)
             anomaly = [None] * len(parsed)
-        for r in rejections:
-            log_rejection(r)
+        log_rejections(rejections)
 
         counts = np.array([p.num_examples for p in parsed], dtype=np.float64)
         quantity = bounded_quantity(counts, self.quantity_cap)
@@ -387,47 +317,41 @@ class ReliabilityWeightedFedAvg(FedAvg):
         if parsed and spec is not None:
             arrays = to_arrayrecord(self._average(parsed, raw, clip, spec))
             metrics = self._aggregate_metrics(parsed, raw)
+        # With a wrapper in front, the replies here are only the accepted ones: lateness and
+        # history are the wrapper's to record, or every rejected device would look late.
+        late = self._ledger.late(server_round, replies, self.roster) if handoff is None else []
         if handoff is None:
-            self._record_history(server_round, parsed, direction_z, rejections, replies)
-        # With a wrapper in front, the replies here are only the accepted ones: lateness is the
-        # wrapper's to report, or every rejected device would look late.
-        late = self._late(server_round, replies) if handoff is None else []
-        self._reports[server_round] = self._report(
+            z = direction_z.tolist()
+            completed = [(p.device, 0.0, z[i]) for i, p in enumerate(parsed)]
+            directions = {p.device: z[i] for i, p in enumerate(parsed)}
+            record_round(self.tracker, server_round, completed, rejections, late, directions)
+        self._ledger.store_report(
             server_round,
-            replies,
-            parsed,
-            rejections,
-            late,
-            (counts, quantity, mean_direction, quality, reliability, clip, shares),
-            anomaly,
+            self._report(
+                server_round,
+                replies,
+                parsed,
+                rejections,
+                late,
+                (counts, quantity, mean_direction, quality, reliability, clip, shares),
+                anomaly,
+            ),
         )
-        _trim(self._reports)
         return arrays, metrics
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Average evaluate metrics like FedAvg, after dropping replies it would choke on."""
-        kept, dropped = screen_evaluate_replies(
-            replies, self.weighted_by_key, self._sent_evaluate.sent(server_round)
-        )
-        for node, reason in dropped:
-            log(INFO, "aggregate_evaluate: ignored node %d: %s", node, reason)
+        kept = self._ledger.screen_evaluate(server_round, replies, self.weighted_by_key)
         return super().aggregate_evaluate(server_round, kept) if kept else None
 
     # -- fl-iot extensions -----------------------------------------------------------------------
 
     def round_report(self, server_round: int) -> dict[str, Any]:
         """The JSON-serialisable report of ``server_round`` (see :mod:`strategies.report`)."""
-        report = self._reports.get(server_round)
-        if report is None:
-            return {
-                "strategy": type(self).__name__,
-                "round": server_round,
-                "rejected": {},
-                "devices": {},
-            }
-        return report
+        report = self._ledger.report(server_round)
+        return empty_report(type(self).__name__, server_round) if report is None else report
 
     def state_dict(self) -> dict[str, Any]:
         """Serialisable server state for a resumed run: the reliability tracker.
@@ -441,15 +365,6 @@ class ReliabilityWeightedFedAvg(FedAvg):
         self.tracker.load_state_dict(state["tracker"])
 
     # -- internals -------------------------------------------------------------------------------
-
-    def _spec(self) -> ModelSpec | None:
-        if self.current_arrays is None:
-            return None
-        try:
-            return ModelSpec.from_arrayrecord(self.current_arrays)
-        except ArrayFormatError as error:
-            log(WARNING, "global model not readable (%s); inferring the layout from replies", error)
-            return None
 
     def _direction_z(
         self, server_round: int, parsed: list[ParsedReply], spec: ModelSpec, norms: np.ndarray
@@ -498,29 +413,6 @@ class ReliabilityWeightedFedAvg(FedAvg):
         ]
         return self.train_metrics_aggr_fn(records, self.weighted_by_key)
 
-    def _record_history(
-        self,
-        server_round: int,
-        parsed: list[ParsedReply],
-        direction_z: np.ndarray,
-        rejections: list[Rejection],
-        replies: list[Message],
-    ) -> None:
-        for p, z in zip(parsed, direction_z, strict=True):
-            self.tracker.observe(p.device, server_round, R.COMPLETED, direction=float(z))
-        for r in rejections:
-            if r.kind == UNKNOWN:
-                continue  # a node outside the roster is no device: nothing to remember
-            outcome = R.FAILED if r.kind == FAILED else R.MALFORMED
-            self.tracker.observe(r.device, server_round, outcome)
-        for device in self._late(server_round, replies):
-            self.tracker.observe(device, server_round, R.LATE)
-
-    def _late(self, server_round: int, replies: list[Message]) -> list[str]:
-        return late_devices(
-            self._sent.nodes(server_round), replies, self._sent.sent(server_round), self.roster
-        )
-
     def _report(
         self,
         server_round: int,
@@ -547,68 +439,13 @@ class ReliabilityWeightedFedAvg(FedAvg):
                 norm_clip=clip[i],
                 anomaly_score=anomaly[i],
             )
-        known = [r for r in rejections if r.kind != UNKNOWN]
-        for r in known:
-            devices.setdefault(
-                r.device,
-                device_entry(
-                    r.kind, weight=0.0, reliability=self.tracker.reliability(r.device, server_round)
-                ),
-            )
-        report = {
-            "strategy": type(self).__name__,
-            "round": server_round,
-            "num_replies": len(replies),
-            "num_accepted": len(parsed),
-            "rejected": {r.device: r.reason for r in known},
-            "late": late,
-            "devices": dict(sorted(devices.items(), key=lambda kv: device_order(kv[0]))),
-        }
-        return with_unknown_nodes(report, rejections)
-
-
-def validate_sampling(sample_size: int, max_update_norm: float | None) -> None:
-    """Shared checks of the scoring parameters of both strategies.
-
-    Raises
-    ------
-    ValueError
-        If ``sample_size`` < 16 or ``max_update_norm`` is not positive.
-    """
-    if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 16:
-        raise ValueError(f"sample_size must be an int >= 16, got {sample_size!r}")
-    if max_update_norm is not None and not max_update_norm > 0:
-        raise ValueError(f"max_update_norm must be > 0 or None, got {max_update_norm!r}")
-
-
-def late_devices(
-    configured: set[int],
-    replies: Iterable[Message],
-    sent: Mapping[str, int],
-    roster: Mapping[int, str] | None,
-) -> list[str]:
-    """Devices of nodes that were asked to train but sent nothing (neither content nor error).
-
-    Replies are matched to nodes through the messages they answer (``sent``, see
-    :func:`~strategies.validation.node_of`), so the SuperLink's error reply for a dead node
-    counts as that node's answer. Nodes outside the roster are no devices and are left out.
-    """
-    answered = {node_of(m, sent) for m in replies}
-    devices = (roster_device(node, roster) for node in configured - answered)
-    return sorted((d for d in devices if d is not None), key=device_order)
-
-
-def with_unknown_nodes(report: dict[str, Any], rejections: Iterable[Rejection]) -> dict[str, Any]:
-    """``report`` plus ``unknown_nodes``, ``{node_id: reason}``, if unknown nodes replied.
-
-    Nodes outside the roster are no devices, so they stay out of ``rejected`` and ``devices``.
-    """
-    unknown = {str(r.node_id): r.reason for r in rejections if r.kind == UNKNOWN}
-    if unknown:
-        report["unknown_nodes"] = unknown
-    return report
-
-
-def _trim(store: OrderedDict[int, Any]) -> None:
-    while len(store) > _KEEP_ROUNDS:
-        store.popitem(last=False)
+        return round_report(
+            type(self).__name__,
+            server_round,
+            len(replies),
+            len(parsed),
+            devices,
+            rejections,
+            late,
+            self.tracker,
+        )

@@ -1,0 +1,253 @@
+"""The bookkeeping both trusted strategies share: what was sent, screening, history, reports.
+
+:class:`~strategies.AnomalyRejection` and :class:`~strategies.ReliabilityWeightedFedAvg` differ in
+what they decide (rejections; weights). What they must know to decide it is the same, and lives
+here once: the global model and messages of each round (to check a reply's layout and to charge it
+to the node it answers), the screening of replies, the outcome of each device in the reliability
+history, the devices that never answered, and the skeleton of the round report.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from logging import INFO, WARNING
+from typing import Any, NamedTuple
+
+import numpy as np
+from flwr.app import ArrayRecord, Message
+from flwr.supercore import log
+
+from strategies import reliability as R
+from strategies.arrays import ArrayFormatError, ModelSpec
+from strategies.reliability import ReliabilityTracker
+from strategies.report import device_entry, device_order
+from strategies.validation import (
+    ANOMALOUS,
+    FAILED,
+    UNKNOWN,
+    Outbox,
+    ParsedReply,
+    Rejection,
+    check_values,
+    log_rejection,
+    node_of,
+    roster_device,
+    screen_evaluate_replies,
+    screen_train_replies,
+)
+
+KEEP_ROUNDS = 32
+"""Rounds whose sent-message metadata and reports are kept in memory."""
+
+TRACKER_OUTCOME = {FAILED: R.FAILED, ANOMALOUS: R.REJECTED}
+"""The reliability outcome of a rejection kind (:mod:`strategies.validation`); any other kind
+(malformed, spoof) is :data:`strategies.reliability.MALFORMED`, and ``unknown`` nodes are no
+devices and have no history."""
+
+
+class Screened(NamedTuple):
+    """The well-formed replies of a round, and what was refused.
+
+    ``parsed`` are in device order; ``norms`` are their update norms (zeros when no layout was
+    readable); ``rejections`` are sorted by device and reason, not logged yet (a strategy adds
+    its own and logs them all with :func:`log_rejections`).
+    """
+
+    parsed: list[ParsedReply]
+    rejections: list[Rejection]
+    spec: ModelSpec | None
+    norms: np.ndarray
+
+
+class RoundLedger:
+    """Per-round memory of a strategy: the global model, the messages sent, the reports."""
+
+    def __init__(self, keep_rounds: int = KEEP_ROUNDS) -> None:
+        self.current_arrays: ArrayRecord | None = None
+        self.sent = Outbox(keep_rounds)
+        self.sent_evaluate = Outbox(keep_rounds)
+        self._reports: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._keep = keep_rounds
+
+    def train_sent(
+        self, server_round: int, arrays: ArrayRecord, messages: Iterable[Message]
+    ) -> list[Message]:
+        """Remember the global model and the train messages of ``server_round``; the messages."""
+        self.current_arrays = arrays
+        messages = list(messages)
+        self.sent.record(server_round, messages)
+        return messages
+
+    def evaluate_sent(self, server_round: int, messages: Iterable[Message]) -> list[Message]:
+        """Remember the evaluate messages of ``server_round``; the messages."""
+        messages = list(messages)
+        self.sent_evaluate.record(server_round, messages)
+        return messages
+
+    def spec(self) -> ModelSpec | None:
+        """The layout of the global model sent last; ``None`` (logged) when it is not readable."""
+        if self.current_arrays is None:
+            return None
+        try:
+            return ModelSpec.from_arrayrecord(self.current_arrays)
+        except ArrayFormatError as error:
+            log(WARNING, "global model not readable (%s); inferring the layout from replies", error)
+            return None
+
+    def screen(
+        self,
+        server_round: int,
+        replies: Sequence[Message],
+        weighted_by_key: str,
+        roster: Mapping[int, str] | None,
+        max_update_norm: float | None,
+    ) -> Screened:
+        """Structure, identity and values of every reply (:mod:`strategies.validation`)."""
+        parsed, rejections, spec = screen_train_replies(
+            replies, self.spec(), weighted_by_key, roster, self.sent.sent(server_round)
+        )
+        norms = np.zeros(len(parsed))
+        if spec is not None:
+            parsed, value_rejections, norms = check_values(parsed, spec, max_update_norm)
+            rejections = rejections + value_rejections
+        rejections.sort(key=lambda r: (device_order(r.device), r.reason))
+        return Screened(parsed, rejections, spec, norms)
+
+    def screen_evaluate(
+        self, server_round: int, replies: Iterable[Message], weighted_by_key: str
+    ) -> list[Message]:
+        """The evaluate replies Flower's metric averaging takes without raising (others logged)."""
+        kept, dropped = screen_evaluate_replies(
+            replies, weighted_by_key, self.sent_evaluate.sent(server_round)
+        )
+        for node, reason in dropped:
+            log(INFO, "aggregate_evaluate: ignored node %d: %s", node, reason)
+        return kept
+
+    def late(
+        self, server_round: int, replies: Iterable[Message], roster: Mapping[int, str] | None
+    ) -> list[str]:
+        """Devices asked to train in ``server_round`` whose node sent nothing back."""
+        return late_devices(
+            self.sent.nodes(server_round), replies, self.sent.sent(server_round), roster
+        )
+
+    def store_report(self, server_round: int, report: dict[str, Any]) -> None:
+        """Keep the report of ``server_round`` (the last :data:`KEEP_ROUNDS` rounds)."""
+        self._reports[server_round] = report
+        while len(self._reports) > self._keep:
+            self._reports.popitem(last=False)
+
+    def report(self, server_round: int) -> dict[str, Any] | None:
+        """The stored report of ``server_round``, or ``None``."""
+        return self._reports.get(server_round)
+
+
+def log_rejections(rejections: Iterable[Rejection]) -> None:
+    """Log every rejection, one line each (:func:`~strategies.validation.log_rejection`)."""
+    for r in rejections:
+        log_rejection(r)
+
+
+def record_round(
+    tracker: ReliabilityTracker,
+    server_round: int,
+    completed: Sequence[tuple[str, float, float]],
+    rejections: Iterable[Rejection],
+    late: Iterable[str],
+    direction: Mapping[str, float],
+) -> None:
+    """Record a round's outcomes in the reliability history.
+
+    ``completed`` holds ``(device, anomaly share, direction z)`` of every aggregated reply;
+    a rejected device is recorded with :data:`TRACKER_OUTCOME` of its kind and its direction
+    z-score where it was scored (``direction``); a late one as late.
+    """
+    for device, share, z in completed:
+        tracker.observe(device, server_round, R.COMPLETED, share, z)
+    for r in rejections:
+        if r.kind == UNKNOWN:
+            continue  # a node outside the roster is no device: nothing to remember
+        outcome = TRACKER_OUTCOME.get(r.kind, R.MALFORMED)
+        tracker.observe(r.device, server_round, outcome, direction=direction.get(r.device))
+    for device in late:
+        tracker.observe(device, server_round, R.LATE)
+
+
+def round_report(
+    strategy: str,
+    server_round: int,
+    num_replies: int,
+    num_accepted: int,
+    devices: dict[str, dict[str, Any]],
+    rejections: Sequence[Rejection],
+    late: list[str],
+    tracker: ReliabilityTracker,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """A round report in :mod:`strategies.report`'s layout.
+
+    ``devices`` holds the entries of the parsed replies; every rejected device that has none gets
+    one with its kind, weight 0 and its reliability. Nodes outside the roster are no devices and
+    appear only under ``unknown_nodes``; ``error``, when given, says why aggregation failed.
+    """
+    known = [r for r in rejections if r.kind != UNKNOWN]
+    for r in known:
+        devices.setdefault(
+            r.device,
+            device_entry(
+                r.kind, weight=0.0, reliability=tracker.reliability(r.device, server_round)
+            ),
+        )
+    report: dict[str, Any] = {
+        "strategy": strategy,
+        "round": server_round,
+        "num_replies": num_replies,
+        "num_accepted": num_accepted,
+        "rejected": {r.device: r.reason for r in known},
+        "late": late,
+        "devices": dict(sorted(devices.items(), key=lambda kv: device_order(kv[0]))),
+    }
+    if error is not None:
+        report["error"] = error
+    unknown = {str(r.node_id): r.reason for r in rejections if r.kind == UNKNOWN}
+    if unknown:
+        report["unknown_nodes"] = unknown
+    return report
+
+
+def empty_report(strategy: str, server_round: int) -> dict[str, Any]:
+    """The report of a round the strategy did not aggregate."""
+    return {"strategy": strategy, "round": server_round, "rejected": {}, "devices": {}}
+
+
+def late_devices(
+    configured: set[int],
+    replies: Iterable[Message],
+    sent: Mapping[str, int],
+    roster: Mapping[int, str] | None,
+) -> list[str]:
+    """Devices of nodes that were asked to train but sent nothing (neither content nor error).
+
+    Replies are matched to nodes through the messages they answer (``sent``, see
+    :func:`~strategies.validation.node_of`), so the SuperLink's error reply for a dead node
+    counts as that node's answer. Nodes outside the roster are no devices and are left out.
+    """
+    answered = {node_of(m, sent) for m in replies}
+    devices = (roster_device(node, roster) for node in configured - answered)
+    return sorted((d for d in devices if d is not None), key=device_order)
+
+
+def validate_sampling(sample_size: int, max_update_norm: float | None) -> None:
+    """Checks of the scoring parameters both strategies take.
+
+    Raises
+    ------
+    ValueError
+        If ``sample_size`` < 16 or ``max_update_norm`` is not positive.
+    """
+    if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 16:
+        raise ValueError(f"sample_size must be an int >= 16, got {sample_size!r}")
+    if max_update_norm is not None and not max_update_norm > 0:
+        raise ValueError(f"max_update_norm must be > 0 or None, got {max_update_norm!r}")
