@@ -110,11 +110,8 @@ class AnomalyRejection(Strategy):
         shifts the coordinate-wise median that the others are judged against, and honest
         devices then lose quality for the colluders' sake; a lone update refused for its norm or
         direction barely moves a median, and rescoring after it would make the honest devices
-        that resemble it look worse, so those rounds are left alone. Over 9 seeds at 20 %:
-        healthcare ALIE 0.741 against 0.721 without it, IPM 0.734 against 0.724; vehicle fleet
-        IPM 0.668 against 0.656, ALIE 0.673 against 0.670; every other attack and no attack
-        unchanged on both fleets (benchmarks/README.md, "Robustness at 10 % and 30 % attackers").
-        ``False``: the round's scores as they are.
+        that resemble it look worse, so those rounds are left alone (what it changes, measured:
+        ``docs/results.md``). ``False``: the round's scores as they are.
     tracker : ReliabilityTracker or None
         Where outcomes and anomaly shares are recorded. ``None``: the wrapped strategy's tracker
         when it takes scored replies, else a new one. A tracker given here is also installed in

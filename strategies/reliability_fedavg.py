@@ -64,11 +64,9 @@ class ReliabilityWeightedFedAvg(FedAvg):
       majority on coordinates the device does not know in advance. The mean matters on non-IID
       fleets: in one round an honest device with an unusual data mix points away as much as an
       attacker, and colluders that are many in a round shape the reference itself; over rounds
-      attackers keep pointing away and honest devices do not (label flip on healthcare_wearables,
-      20 %, 3 seeds: 0.607 final accuracy with one round's z-score, ``docs/robustness.md`` at
-      commit 25c3b8c; 0.724 with the mean, the current ``docs/robustness.md``). At 40 % the
-      flippers shape the reference in most rounds and the mean cannot help (vehicle fleet:
-      0.377 with one round's z-score, 0.323 now).
+      attackers keep pointing away and honest devices do not. When flippers are many enough to
+      shape the reference in most rounds (40 %), the mean cannot help either (the figures are in
+      ``docs/results.md``).
     - **reliability**: the device's history in :class:`~strategies.ReliabilityTracker`
       (completed, failed, late and anomalous rounds, with decay), as of the previous round.
 

@@ -58,10 +58,9 @@ class AnomalyThresholds:
         way. With at most five cosines in the shortest half, the robust scale is that of the few
         most similar devices, and an honest device with little left to learn (a day without
         occupancy once the model fits it) sends a small update of its own direction 6-11 scales
-        below them: on smart_home, 1 or 2 of the 6 honest devices in round 2 of 8 seeds out of 9. A
-        reversed typical update pulls back by about the typical cosine (0.4-0.8 median norms); over
-        those 9 seeds the honest direction outliers pull back by at most 0.24 median norms, and sign
-        flippers (20 and 40 %, 6 seeds) by at least 0.38 in round 1, where direction catches them;
+        below them. A reversed typical update pulls back by about the typical cosine (0.4-0.8
+        median norms); honest direction outliers pull back by much less, sign flippers by more in
+        round 1, where direction catches them (measured figures: ``docs/false_rejections.md``);
         hence 0.3. An update that pulls back by less undoes less than a third of one typical update.
         An update closer to another than ``duplicate_ratio`` of its norm
         (:func:`~strategies.statistics.nearest_relative_distance`; honest ones stay above 0.15 on
