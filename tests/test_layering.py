@@ -66,6 +66,7 @@ def test_the_checker_sees_lazy_imports(tmp_path: Path) -> None:
     assert "fl_iot.config" in imported_modules(module)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_importing_a_lower_package_loads_no_upper_one(package: str) -> None:
     # A fresh interpreter: this test process has imported everything already.
