@@ -92,14 +92,14 @@ are thin layers over Flower's API, and round reports follow :mod:`strategies.rep
 
 from strategies.anomaly import AnomalyRejection
 from strategies.central_dp import CentralDP
-from strategies.reliability import OUTCOMES, ReliabilityTracker
+from strategies.reliability import OUTCOMES, Outcome, ReliabilityTracker
 from strategies.reliability_fedavg import ReliabilityWeightedFedAvg
 from strategies.report import DEVICE_KEYS
 from strategies.robust import robust_center_scale
 from strategies.scoring import SIGNALS, AnomalyScores, agreement_quality, anomaly_scores
 from strategies.statistics import update_statistics
 from strategies.thresholds import AnomalyThresholds
-from strategies.validation import answered_node, sent_destinations
+from strategies.validation import RejectionKind, answered_node, sent_destinations
 from strategies.weighting import bounded_quantity, combine_weights
 
 __all__ = [
@@ -110,6 +110,8 @@ __all__ = [
     "AnomalyScores",
     "AnomalyThresholds",
     "CentralDP",
+    "Outcome",
+    "RejectionKind",
     "ReliabilityTracker",
     "ReliabilityWeightedFedAvg",
     "agreement_quality",

@@ -36,9 +36,9 @@ from strategies.scoring import (
 from strategies.statistics import output_layer_cosine, update_statistics
 from strategies.thresholds import AnomalyThresholds
 from strategies.validation import (
-    ANOMALOUS,
     ParsedReply,
     Rejection,
+    RejectionKind,
     check_roster,
     clone_reply,
     sanitized_metrics,
@@ -220,7 +220,9 @@ class AnomalyRejection(Strategy):
         accepted = [p for p, bad in zip(parsed, scores.rejected, strict=True) if not bad]
         for p, bad, reason in zip(parsed, scores.rejected, scores.reasons, strict=True):
             if bad:
-                rejections.append(Rejection(p.device, p.node_id, str(reason), ANOMALOUS))
+                rejections.append(
+                    Rejection(p.device, p.node_id, str(reason), RejectionKind.ANOMALOUS)
+                )
         rejections.sort(key=lambda r: (device_order(r.device), r.reason))
         log_rejections(rejections)
 
@@ -422,7 +424,7 @@ class AnomalyRejection(Strategy):
         rejected, score, count = scores.rejected.tolist(), scores.score.tolist(), counts.tolist()
         for i, p in enumerate(parsed):
             devices[p.device] = device_entry(
-                ANOMALOUS if rejected[i] else "accepted",
+                RejectionKind.ANOMALOUS if rejected[i] else "accepted",
                 num_examples=count[i],
                 weight=0.0 if rejected[i] else None,
                 reliability=self.tracker.reliability(p.device, server_round),

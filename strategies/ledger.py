@@ -18,17 +18,14 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 from flwr.supercore import log
 
-from strategies import reliability as R
 from strategies.arrays import ArrayFormatError, ModelSpec
-from strategies.reliability import ReliabilityTracker
+from strategies.reliability import Outcome, ReliabilityTracker
 from strategies.report import device_entry, device_order
 from strategies.validation import (
-    ANOMALOUS,
-    FAILED,
-    UNKNOWN,
     Outbox,
     ParsedReply,
     Rejection,
+    RejectionKind,
     check_values,
     log_rejection,
     node_of,
@@ -40,10 +37,14 @@ from strategies.validation import (
 KEEP_ROUNDS = 32
 """Rounds whose sent-message metadata and reports are kept in memory."""
 
-TRACKER_OUTCOME = {FAILED: R.FAILED, ANOMALOUS: R.REJECTED}
-"""The reliability outcome of a rejection kind (:mod:`strategies.validation`); any other kind
-(malformed, spoof) is :data:`strategies.reliability.MALFORMED`, and ``unknown`` nodes are no
-devices and have no history."""
+TRACKER_OUTCOME = {
+    RejectionKind.FAILED: Outcome.FAILED,
+    RejectionKind.MALFORMED: Outcome.MALFORMED,
+    RejectionKind.SPOOF: Outcome.MALFORMED,
+    RejectionKind.ANOMALOUS: Outcome.REJECTED,
+}
+"""The reliability outcome of each rejection kind. ``unknown`` nodes are no devices and have no
+history."""
 
 
 class Screened(NamedTuple):
@@ -165,14 +166,14 @@ def record_round(
     z-score where it was scored (``direction``); a late one as late.
     """
     for device, share, z in completed:
-        tracker.observe(device, server_round, R.COMPLETED, share, z)
+        tracker.observe(device, server_round, Outcome.COMPLETED, share, z)
     for r in rejections:
-        if r.kind == UNKNOWN:
+        if r.kind == RejectionKind.UNKNOWN:
             continue  # a node outside the roster is no device: nothing to remember
-        outcome = TRACKER_OUTCOME.get(r.kind, R.MALFORMED)
+        outcome = TRACKER_OUTCOME[r.kind]
         tracker.observe(r.device, server_round, outcome, direction=direction.get(r.device))
     for device in late:
-        tracker.observe(device, server_round, R.LATE)
+        tracker.observe(device, server_round, Outcome.LATE)
 
 
 def round_report(
@@ -192,7 +193,7 @@ def round_report(
     one with its kind, weight 0 and its reliability. Nodes outside the roster are no devices and
     appear only under ``unknown_nodes``; ``error``, when given, says why aggregation failed.
     """
-    known = [r for r in rejections if r.kind != UNKNOWN]
+    known = [r for r in rejections if r.kind != RejectionKind.UNKNOWN]
     for r in known:
         devices.setdefault(
             r.device,
@@ -211,7 +212,7 @@ def round_report(
     }
     if error is not None:
         report["error"] = error
-    unknown = {str(r.node_id): r.reason for r in rejections if r.kind == UNKNOWN}
+    unknown = {str(r.node_id): r.reason for r in rejections if r.kind == RejectionKind.UNKNOWN}
     if unknown:
         report["unknown_nodes"] = unknown
     return report

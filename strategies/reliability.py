@@ -36,15 +36,22 @@ wraps both observing it) keeps the most severe outcome instead of counting it tw
 from __future__ import annotations
 
 import math
+from enum import StrEnum
 from typing import Any
 
-COMPLETED = "completed"
-LATE = "late"
-FAILED = "failed"
-MALFORMED = "malformed"
-REJECTED = "rejected"
-OUTCOMES = (COMPLETED, LATE, FAILED, MALFORMED, REJECTED)
-"""Outcomes of one round for one device, from least to most severe."""
+
+class Outcome(StrEnum):
+    """What one device did in one round, from least to most severe."""
+
+    COMPLETED = "completed"
+    LATE = "late"
+    FAILED = "failed"
+    MALFORMED = "malformed"
+    REJECTED = "rejected"
+
+
+OUTCOMES = tuple(o.value for o in Outcome)
+"""The values of :class:`Outcome`, from least to most severe."""
 
 _SEVERITY = {name: rank for rank, name in enumerate(OUTCOMES)}
 _STATE_VERSION = 2
@@ -123,8 +130,8 @@ class ReliabilityTracker:
             Device key (``str`` of the device id, or of the node id in plain Flower apps).
         server_round : int
             The round the event belongs to.
-        outcome : str
-            One of :data:`OUTCOMES`.
+        outcome : Outcome or str
+            An :class:`Outcome` or its value.
         anomaly : float
             For ``completed``: the anomaly share in ``[0, 1]`` of the accepted update.
             ``rejected`` and ``malformed`` always count 1.
@@ -139,6 +146,7 @@ class ReliabilityTracker:
         """
         if outcome not in _SEVERITY:
             raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+        outcome = str(Outcome(outcome))  # a plain string in the state, whatever was passed
         anomaly = _check("anomaly", anomaly, 0.0, 1.0)
         direction = _clipped_direction(direction)
         record = self._devices.setdefault(device, _empty_record())
@@ -173,12 +181,12 @@ class ReliabilityTracker:
             record["direction_sum"] = self.decay * record["direction_sum"] + pending["direction"]
             record["direction_weight"] = self.decay * record["direction_weight"] + 1.0
         outcome = pending["outcome"]
-        if outcome == COMPLETED:
+        if outcome == Outcome.COMPLETED:
             record["good"] += 1.0 - pending["anomaly"]
             record["anomaly"] += pending["anomaly"]
-        elif outcome == LATE:
+        elif outcome == Outcome.LATE:
             record["late"] += 1.0
-        elif outcome == FAILED:
+        elif outcome == Outcome.FAILED:
             record["failed"] += 1.0
         else:  # rejected or malformed: content the server had to refuse
             record["anomaly"] += 1.0

@@ -29,6 +29,7 @@ import math
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from logging import INFO, WARNING
 
 import numpy as np
@@ -51,16 +52,20 @@ DEVICE_RECORD = "device"
 DEVICE_ID_KEY = "device-id"
 """The integer device id a reply claims in :data:`DEVICE_RECORD`."""
 
-FAILED = "failed"
-"""Rejection kind of an error reply: the device reported that it could not train."""
-MALFORMED = "malformed"
-"""Rejection kind of a reply whose content cannot be aggregated."""
-ANOMALOUS = "anomalous"
-"""Rejection kind of a well-formed update that the anomaly scores single out."""
-SPOOF = "spoof"
-"""Rejection kind of a reply that claims another device than the roster's for its node."""
-UNKNOWN = "unknown"
-"""Rejection kind of a reply from a node that is not in the roster: no device's history moves."""
+
+class RejectionKind(StrEnum):
+    """Why a reply was excluded; the value is a device's ``status`` in round reports."""
+
+    FAILED = "failed"
+    """An error reply: the device reported that it could not train."""
+    MALFORMED = "malformed"
+    """Content that cannot be aggregated."""
+    ANOMALOUS = "anomalous"
+    """A well-formed update that the anomaly scores single out."""
+    SPOOF = "spoof"
+    """A claim of another device than the roster's for the node."""
+    UNKNOWN = "unknown"
+    """A node that is not in the roster: no device's history moves."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class Rejection:
     device: str
     node_id: int
     reason: str
-    kind: str
+    kind: RejectionKind
 
 
 @dataclass
@@ -229,7 +234,7 @@ def claimed_device(content: RecordDict) -> int | None:
 
 def log_rejection(rejection: Rejection) -> None:
     """Log one rejection: spoofs and unknown nodes at WARNING, everything else at INFO."""
-    level = WARNING if rejection.kind in (SPOOF, UNKNOWN) else INFO
+    level = WARNING if rejection.kind in (RejectionKind.SPOOF, RejectionKind.UNKNOWN) else INFO
     log(
         level,
         "aggregate_train: rejected device %s (node %d): %s",
@@ -381,23 +386,25 @@ def screen_train_replies(
         device = roster_device(node, roster)
         if device is None:
             reason = f"node {node} is not in the roster"
-            rejected.append(Rejection(f"node-{node}", node, reason, UNKNOWN))
+            rejected.append(Rejection(f"node-{node}", node, reason, RejectionKind.UNKNOWN))
             continue
         if msg.has_error():
-            rejected.append(Rejection(device, node, f"error reply: {msg.error.reason}", FAILED))
+            rejected.append(
+                Rejection(device, node, f"error reply: {msg.error.reason}", RejectionKind.FAILED)
+            )
             continue
         if not msg.has_content():
-            rejected.append(Rejection(device, node, "empty reply", MALFORMED))
+            rejected.append(Rejection(device, node, "empty reply", RejectionKind.MALFORMED))
             continue
         content = msg.content
         try:
             claim = claimed_device(content) if roster is not None else None
         except ValueError as error:
-            rejected.append(Rejection(device, node, str(error), MALFORMED))
+            rejected.append(Rejection(device, node, str(error), RejectionKind.MALFORMED))
             continue
         if claim is not None and str(claim) != device:
             reason = f"spoof: claims device {claim}, the roster says {device}"
-            rejected.append(Rejection(device, node, reason, SPOOF))
+            rejected.append(Rejection(device, node, reason, RejectionKind.SPOOF))
             continue
         try:
             (arrays_key, record), (metrics_key, metrics) = _records(content)
@@ -406,7 +413,7 @@ def screen_train_replies(
                 raise ValueError("no reply carries a readable model")
             views = _decode(record, spec.arrays)
         except (ValueError, TypeError, KeyError) as error:
-            rejected.append(Rejection(device, node, str(error), MALFORMED))
+            rejected.append(Rejection(device, node, str(error), RejectionKind.MALFORMED))
             continue
         parsed.append(
             ParsedReply(msg, device, node, count, views, arrays_key, record, metrics_key, metrics)
@@ -419,7 +426,10 @@ def screen_train_replies(
         if copies[p.device] > 1:
             rejected.append(
                 Rejection(
-                    p.device, p.node_id, f"{copies[p.device]} replies for this device", MALFORMED
+                    p.device,
+                    p.node_id,
+                    f"{copies[p.device]} replies for this device",
+                    RejectionKind.MALFORMED,
                 )
             )
     parsed = sorted(
@@ -576,14 +586,14 @@ def check_values(
             reason = (
                 f"NaN or Inf values in {bad}" if bad else "update norm overflows (absurd values)"
             )
-            rejected.append(Rejection(p.device, p.node_id, reason, MALFORMED))
+            rejected.append(Rejection(p.device, p.node_id, reason, RejectionKind.MALFORMED))
         elif max_update_norm is not None and math.sqrt(sq) > max_update_norm:
             rejected.append(
                 Rejection(
                     p.device,
                     p.node_id,
                     f"update norm {math.sqrt(sq):.3g} exceeds max_update_norm {max_update_norm:g}",
-                    MALFORMED,
+                    RejectionKind.MALFORMED,
                 )
             )
         else:
