@@ -42,6 +42,7 @@ from fl_iot.errors import (
     Interrupted,
     RunFailed,
 )
+from fl_iot.records import RunSummary
 from fl_iot.run_config import CONF_DIR
 from fl_iot.tracking.base import jsonable
 
@@ -92,10 +93,11 @@ def run_study(cfg: DictConfig, output_dir: Path) -> dict[str, object]:
         raise RunFailed(
             f"{error} (engine.round_timeout_s={resolved.engine.round_timeout_s:g})"
         ) from None
+    assert result.summary is not None  # run_in_simulation raises without one
     reason = judge_run(result.summary, initial, result.arrays)
     if reason:
         raise RunFailed(reason)
-    return result.summary
+    return result.summary.to_dict()
 
 
 def check_strategy(cfg: DictConfig) -> None:
@@ -123,9 +125,7 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}".strip()
 
 
-def judge_run(
-    summary: dict[str, Any], initial: ArrayRecord, final: ArrayRecord | None
-) -> str | None:
+def judge_run(summary: RunSummary, initial: ArrayRecord, final: ArrayRecord | None) -> str | None:
     """Why a run that went through all its rounds failed, or None if its model is usable.
 
     A run fails when its final global model has non-finite weights (it diverged: every score of
@@ -142,13 +142,11 @@ def judge_run(
     if set(arrays) == set(initial) and all(
         np.array_equal(arrays[key], initial[key].numpy()) for key in arrays
     ):
-        clients = summary.get("clients", {})
-        errors = summary.get("errors") or []
+        clients, errors = summary.clients, summary.errors
         return (
             "no round aggregated an update, the final model is the initial one: "
-            f"{clients.get('replied', 0)} of {clients.get('sampled', 0)} sampled devices replied "
-            f"({clients.get('failed', 0)} failed, {clients.get('declined', 0)} declined, "
-            f"{clients.get('missing', 0)} missing)"
+            f"{clients.replied} of {clients.sampled} sampled devices replied "
+            f"({clients.failed} failed, {clients.declined} declined, {clients.missing} missing)"
             + (f"; first error: {errors[0]}" if errors else "")
             + "; each device's error is in metrics.jsonl"
         )

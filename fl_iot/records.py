@@ -1,11 +1,12 @@
-"""What the round loop hands the tracking sinks: one record per round, and the sink interface.
+"""What the server hands the tracking sinks: a record per round, the run's summary, the sink.
 
-A leaf module, so that every sink depends on the record and not on the loop that fills it.
+A leaf module, so that every sink depends on the records and not on the code that fills them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 
@@ -42,6 +43,70 @@ class RoundRecord:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
         return {k: v for k, v in self.__dict__.items()}
+
+
+class RunStatus(StrEnum):
+    """How a run ended, as ``summary.json`` says."""
+
+    COMPLETED = "completed"
+    """Every round ran (devices may have failed; the CLI still judges the final model)."""
+    FAILED = "failed"
+    """The server stopped on an error, an interrupt included."""
+
+
+@dataclass
+class ClientCounts:
+    """Device-rounds over the whole run: sampled, and how each ended."""
+
+    sampled: int = 0
+    replied: int = 0
+    failed: int = 0
+    declined: int = 0
+    missing: int = 0
+
+
+@dataclass
+class FinalMetrics:
+    """The last round's scores: central, pooled federated, train, and per device class."""
+
+    central: dict[str, float] = field(default_factory=dict)
+    federated: dict[str, float] = field(default_factory=dict)
+    train: dict[str, float] = field(default_factory=dict)
+    by_class: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    """The end of a run, as the sinks receive it; ``summary.json`` is :meth:`to_dict`.
+
+    ``error`` is empty for a completed run. ``best_central`` is the round with the best central
+    macro-F1 (its number under ``round``); ``detection`` and ``privacy`` are the run's totals
+    (see :mod:`fl_iot.tracking.summary`); ``errors`` are ``"round <n>: <error>"`` lines.
+    """
+
+    status: RunStatus
+    error: str
+    scenario: str | None
+    strategy: str | None
+    seed: int | None
+    rounds_completed: int
+    final: FinalMetrics
+    best_central: dict[str, float]
+    initial_central: dict[str, float]
+    detection: dict[str, float]
+    privacy: dict[str, float]
+    clients: ClientCounts
+    timings: dict[str, float | None]
+    errors: list[str]
+    dataset: dict[str, Any]
+    federation: dict[str, Any]
+    model_parameters: int
+    versions: dict[str, str]
+    config: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (the status as its string)."""
+        return {**asdict(self), "status": str(self.status)}
 
 
 class RoundSink:

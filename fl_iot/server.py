@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from flwr.app import ArrayRecord
@@ -25,6 +24,7 @@ from fl_iot.device_runtime import RunContext, fresh_model, run_context
 from fl_iot.errors import ConfigError
 from fl_iot.metrics import evaluate_model, scores
 from fl_iot.models import count_parameters
+from fl_iot.records import RunStatus, RunSummary
 from fl_iot.roster import Roster, take_roll_call
 from fl_iot.round_loop import CentralEvaluation, RoundLoop
 from fl_iot.tracking import History, RunInfo, build_sinks, package_versions, summarize
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class RunResult:
     """What a finished run hands back to its caller (the CLI returns ``summary`` to Hydra)."""
 
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: RunSummary | None = None
     arrays: ArrayRecord | None = None
 
 
@@ -137,7 +137,7 @@ def run_server(
     sinks = [history, *build_sinks(cfg, info)]
     for sink in sinks:
         sink.start(info)
-    status, error_text = "completed", ""
+    status, error_text = RunStatus.COMPLETED, ""
     try:
         roster = take_roll_call(grid, len(run.federation), cfg.engine.round_timeout_s)
         give_roster(strategy, roster)
@@ -162,7 +162,7 @@ def run_server(
             "server_total_s": time.perf_counter() - started,
         }
     except BaseException as error:
-        status, error_text = "failed", f"{type(error).__name__}: {error}"
+        status, error_text = RunStatus.FAILED, f"{type(error).__name__}: {error}"
         timings, initial = {"server_total_s": time.perf_counter() - started}, {}
         raise
     finally:

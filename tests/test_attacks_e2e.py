@@ -155,7 +155,7 @@ def test_sign_flip_end_to_end_the_strategy_receives_flipped_updates(tmp_path):
     RecordingFedAvg.received = []
     grid = InProcessGrid(build_client_app(lambda _: cfg), 6)
 
-    summary = run_server(grid, cfg, tmp_path).summary
+    summary = run_server(grid, cfg, tmp_path).summary.to_dict()
 
     assert summary["status"] == "completed"
     sent_global = {
@@ -196,7 +196,9 @@ def test_trusted_reports_the_weight_attackers_kept(tmp_path):
     # in metrics.jsonl and averaged in summary.json, is what a defence let through.
     cfg = tiny("sign_flip", "strategy=trusted")
 
-    summary = run_server(InProcessGrid(build_client_app(lambda _: cfg), 6), cfg, tmp_path).summary
+    summary = run_server(
+        InProcessGrid(build_client_app(lambda _: cfg), 6), cfg, tmp_path
+    ).summary.to_dict()
 
     rounds = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     per_round = [r["detection"]["attacker_weight"] for r in rounds]

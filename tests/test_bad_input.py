@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fl_iot.cli import check_output_dir, judge_run
 from fl_iot.errors import ConfigError
+from fl_iot.records import ClientCounts, FinalMetrics, RunStatus, RunSummary
 from fl_iot.run_config import compose_config
 from tests.e2e import run_cli
 
@@ -132,10 +133,27 @@ def arrays(**values: list[float]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in values.items()})
 
 
-SUMMARY = {
-    "clients": {"sampled": 8, "replied": 0, "failed": 8, "declined": 0, "missing": 0},
-    "errors": ["round 1: aggregate_train: FedAvg returned no model (0 replies)"],
-}
+SUMMARY = RunSummary(
+    status=RunStatus.COMPLETED,
+    error="",
+    scenario="healthcare_wearables",
+    strategy="flwr.serverapp.strategy.FedAvg",
+    seed=0,
+    rounds_completed=1,
+    final=FinalMetrics(),
+    best_central={},
+    initial_central={},
+    detection={},
+    privacy={},
+    clients=ClientCounts(sampled=8, replied=0, failed=8, declined=0, missing=0),
+    timings={},
+    errors=["round 1: aggregate_train: FedAvg returned no model (0 replies)"],
+    dataset={},
+    federation={},
+    model_parameters=2,
+    versions={},
+    config={},
+)
 
 
 def test_a_run_whose_model_never_moved_failed():

@@ -145,7 +145,7 @@ def test_a_run_reports_central_epsilon_every_round_as_an_independent_accountant_
     assert isinstance(resolved, DictConfig)
     grid = InProcessGrid(build_client_app(lambda _: resolved), 6)
 
-    summary = run_server(grid, resolved, tmp_path).summary
+    summary = run_server(grid, resolved, tmp_path).summary.to_dict()
 
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     epsilons = [r["privacy"]["central-epsilon"] for r in records]

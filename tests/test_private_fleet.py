@@ -29,7 +29,7 @@ def run(tmp_path, *overrides: str):
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     assert isinstance(resolved, DictConfig)
     grid = InProcessGrid(build_client_app(lambda _: resolved), 4)
-    summary = run_server(grid, resolved, tmp_path).summary
+    summary = run_server(grid, resolved, tmp_path).summary.to_dict()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     return summary, records
 

@@ -42,7 +42,7 @@ def run(cfg: DictConfig, tmp_path, fault=None):
 
 def test_a_run_samples_trains_evaluates_and_summarises(tmp_path):
     result, _ = run(tiny_config(), tmp_path)
-    summary = result.summary
+    summary = result.summary.to_dict()
 
     assert summary["status"] == "completed"
     assert summary["rounds_completed"] == 2
@@ -74,7 +74,7 @@ def test_same_seed_samples_the_same_devices_and_gives_the_same_model(tmp_path):
     for key, array in first.arrays.items():
         np.testing.assert_array_equal(array.numpy(), second.arrays[key].numpy())
     for part in ("central", "federated", "train"):  # by_class holds wall-clock compute times
-        assert first.summary["final"][part] == second.summary["final"][part]
+        assert getattr(first.summary.final, part) == getattr(second.summary.final, part)
 
 
 def test_failed_and_silent_devices_are_counted_and_the_run_goes_on(tmp_path):
@@ -86,7 +86,7 @@ def test_failed_and_silent_devices_are_counted_and_the_run_goes_on(tmp_path):
         return {1: "error", 2: "silent"}.get(partition_id)
 
     result, _ = run(cfg, tmp_path, fault)
-    summary = result.summary
+    summary = result.summary.to_dict()
 
     assert summary["status"] == "completed"
     assert summary["clients"] == {
@@ -113,7 +113,7 @@ def test_a_strategy_that_raises_does_not_end_the_run(tmp_path):
     cfg = tiny_config(f"strategy._target_={__name__}.ExplodingOnceFedAvg")
 
     result, _ = run(cfg, tmp_path)
-    summary = result.summary
+    summary = result.summary.to_dict()
 
     assert summary["status"] == "completed"
     assert summary["errors"] == ["round 1: aggregate_train: RuntimeError: boom"]
@@ -198,8 +198,8 @@ def test_a_round_without_an_aggregate_is_reported(tmp_path):
     )
     result, _ = run(cfg, tmp_path)
 
-    assert result.summary["status"] == "completed"
-    assert result.summary["errors"] == [
+    assert result.summary.status == "completed"
+    assert result.summary.errors == [
         f"round {r}: aggregate_train: Bulyan returned no model (6 replies); the previous model "
         "is kept"
         for r in (1, 2)
@@ -215,5 +215,5 @@ def test_bulyan_aggregates_through_the_loop(tmp_path):
     )
     result, _ = run(cfg, tmp_path)
 
-    assert result.summary["errors"] == []
-    assert result.summary["clients"]["replied"] == 24
+    assert result.summary.errors == []
+    assert result.summary.clients.replied == 24

@@ -54,7 +54,7 @@ def test_same_seed_gives_the_same_result_on_ray_as_in_process(tmp_path, caplog):
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     assert isinstance(resolved, DictConfig)
     grid = InProcessGrid(build_client_app(lambda _: resolved), resolved.scenario.num_devices)
-    in_process = run_server(grid, resolved, tmp_path / "local").summary
+    in_process = run_server(grid, resolved, tmp_path / "local").summary.to_dict()
 
     for part in ("central", "federated", "train"):
         assert on_ray["final"][part] == in_process["final"][part]

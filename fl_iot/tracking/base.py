@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord
 
-from fl_iot.records import RoundRecord, RoundSink
+from fl_iot.records import RoundRecord, RoundSink, RunSummary
 
 
 @dataclass
@@ -34,8 +34,8 @@ class Sink(RoundSink):
     def log_round(self, record: RoundRecord) -> None:
         """Called once per completed round."""
 
-    def finish(self, summary: dict[str, Any], arrays: ArrayRecord | None) -> None:
-        """Called once at the end, also when the run failed (``summary["status"]``)."""
+    def finish(self, summary: RunSummary, arrays: ArrayRecord | None) -> None:
+        """Called once at the end, also when the run failed (``summary.status``)."""
 
 
 class History(Sink):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from flwr.app import ArrayRecord
 
-from fl_iot.records import RoundRecord
+from fl_iot.records import RoundRecord, RunStatus, RunSummary
 from fl_iot.tracking.base import RunInfo, Sink
 
 log = logging.getLogger("fl_iot.progress")
@@ -34,17 +33,17 @@ class ConsoleSink(Sink):
     def log_round(self, record: RoundRecord) -> None:  # noqa: D102
         log.info(format_round(record))
 
-    def finish(self, summary: dict[str, Any], arrays: ArrayRecord | None) -> None:  # noqa: D102
-        central = summary["final"]["central"]
-        if summary["status"] == "completed":
+    def finish(self, summary: RunSummary, arrays: ArrayRecord | None) -> None:  # noqa: D102
+        central = summary.final.central
+        if summary.status == RunStatus.COMPLETED:
             log.info(
                 "done in %.1f s: central accuracy %s, macro-F1 %s",
-                summary["timings"].get("server_total_s", 0.0),
+                summary.timings.get("server_total_s", 0.0),
                 _fmt(central.get("accuracy")),
                 _fmt(central.get("macro_f1")),
             )
         else:
-            log.error("run %s: %s", summary["status"], summary["error"])
+            log.error("run %s: %s", summary.status, summary.error)
 
 
 def format_round(record: RoundRecord) -> str:

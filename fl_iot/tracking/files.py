@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from fl_iot.records import RoundRecord
+from fl_iot.records import RoundRecord, RunSummary
 from fl_iot.tracking.base import RunInfo, Sink, jsonable
 
 METRICS_FILE = "metrics.jsonl"
@@ -38,8 +38,10 @@ class SummarySink(Sink):
         info.output_dir.mkdir(parents=True, exist_ok=True)
         self.path = info.output_dir / SUMMARY_FILE
 
-    def finish(self, summary: dict[str, Any], arrays: ArrayRecord | None) -> None:  # noqa: D102
-        self.path.write_text(json.dumps(jsonable(summary), indent=2, sort_keys=True) + "\n")
+    def finish(self, summary: RunSummary, arrays: ArrayRecord | None) -> None:  # noqa: D102
+        self.path.write_text(
+            json.dumps(jsonable(summary.to_dict()), indent=2, sort_keys=True) + "\n"
+        )
 
 
 class CheckpointSink(Sink):
@@ -49,7 +51,7 @@ class CheckpointSink(Sink):
         info.output_dir.mkdir(parents=True, exist_ok=True)
         self.path = info.output_dir / MODEL_FILE
 
-    def finish(self, summary: dict[str, Any], arrays: ArrayRecord | None) -> None:  # noqa: D102
+    def finish(self, summary: RunSummary, arrays: ArrayRecord | None) -> None:  # noqa: D102
         if arrays is not None:
             torch.save(arrays.to_torch_state_dict(), self.path)
 

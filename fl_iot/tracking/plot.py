@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 from flwr.app import ArrayRecord
 
-from fl_iot.records import RoundRecord
+from fl_iot.records import RoundRecord, RunSummary
 from fl_iot.tracking.base import RunInfo, Sink
 
 PLOT_FILE = "metrics.png"
@@ -37,7 +36,7 @@ class PlotSink(Sink):
     def log_round(self, record: RoundRecord) -> None:  # noqa: D102
         self.records.append(record)
 
-    def finish(self, summary: dict[str, Any], arrays: ArrayRecord | None) -> None:  # noqa: D102
+    def finish(self, summary: RunSummary, arrays: ArrayRecord | None) -> None:  # noqa: D102
         if not self.records:
             return
         _import_pyplot()

@@ -1,12 +1,11 @@
-"""The end-of-run summary: final and best metrics, config, versions, seed, timings."""
+"""The end-of-run summary (:class:`~fl_iot.records.RunSummary`) built from the round records."""
 
 from __future__ import annotations
 
 import platform
 from importlib import metadata
-from typing import Any
 
-from fl_iot.records import RoundRecord
+from fl_iot.records import ClientCounts, FinalMetrics, RoundRecord, RunStatus, RunSummary
 from fl_iot.tracking.base import RunInfo, jsonable
 
 VERSIONED_PACKAGES = (
@@ -38,50 +37,54 @@ def package_versions() -> dict[str, str]:
 def summarize(
     info: RunInfo,
     records: list[RoundRecord],
-    status: str,
+    status: RunStatus,
     error: str,
     timings: dict[str, float],
     initial_central: dict[str, float],
-) -> dict[str, Any]:
-    """Build ``summary.json``'s content from the run description and its round records."""
+) -> RunSummary:
+    """The run's summary, from its description and its round records."""
     last = records[-1] if records else None
     round_times = [r.round_time_s for r in records]
-    summary: dict[str, Any] = {
-        "status": status,
-        "error": error,
-        "scenario": info.config.get("scenario", {}).get("name"),
-        "strategy": info.config.get("strategy", {}).get("_target_"),
-        "seed": info.config.get("seed"),
-        "rounds_completed": len(records),
-        "final": {
-            "central": last.central if last else {},
-            "federated": last.federated if last else {},
-            "train": last.train if last else {},
-            "by_class": last.by_class if last else {},
-        },
-        "best_central": _best(records, "central"),
-        "initial_central": initial_central,
-        "detection": _mean_detection(records),
-        "privacy": _privacy(records),
-        "clients": {
-            "sampled": sum(r.sampled for r in records),
-            "replied": sum(r.replied for r in records),
-            "failed": sum(r.failed for r in records),
-            "declined": sum(r.declined for r in records),
-            "missing": sum(r.missing for r in records),
-        },
-        "timings": {
-            **timings,
-            "mean_round_s": sum(round_times) / len(round_times) if round_times else None,
-        },
-        "errors": [f"round {r.round}: {e}" for r in records for e in r.errors],
-        "dataset": info.dataset,
-        "federation": info.federation,
-        "model_parameters": info.model_parameters,
-        "versions": info.versions,
-        "config": info.config,
-    }
-    return jsonable(summary)
+    final = FinalMetrics()
+    if last is not None:
+        final = FinalMetrics(
+            jsonable(last.central),
+            jsonable(last.federated),
+            jsonable(last.train),
+            jsonable(last.by_class),
+        )
+    return RunSummary(
+        status=status,
+        error=error,
+        scenario=info.config.get("scenario", {}).get("name"),
+        strategy=info.config.get("strategy", {}).get("_target_"),
+        seed=info.config.get("seed"),
+        rounds_completed=len(records),
+        final=final,
+        best_central=jsonable(_best(records, "central")),
+        initial_central=jsonable(initial_central),
+        detection=jsonable(_mean_detection(records)),
+        privacy=jsonable(_privacy(records)),
+        clients=ClientCounts(
+            sampled=sum(r.sampled for r in records),
+            replied=sum(r.replied for r in records),
+            failed=sum(r.failed for r in records),
+            declined=sum(r.declined for r in records),
+            missing=sum(r.missing for r in records),
+        ),
+        timings=jsonable(
+            {
+                **timings,
+                "mean_round_s": sum(round_times) / len(round_times) if round_times else None,
+            }
+        ),
+        errors=[f"round {r.round}: {e}" for r in records for e in r.errors],
+        dataset=jsonable(info.dataset),
+        federation=jsonable(info.federation),
+        model_parameters=info.model_parameters,
+        versions=info.versions,
+        config=jsonable(info.config),
+    )
 
 
 def _best(records: list[RoundRecord], part: str) -> dict[str, float]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord
 
-from fl_iot.records import RoundRecord
+from fl_iot.records import RoundRecord, RunStatus, RunSummary
 from fl_iot.tracking.base import RunInfo, Sink, jsonable
 
 
@@ -54,18 +54,23 @@ class WandbSink(Sink):
     def log_round(self, record: RoundRecord) -> None:  # noqa: D102
         self.run.log(round_metrics(record), step=record.round)
 
-    def finish(self, summary: dict[str, Any], arrays: ArrayRecord | None) -> None:  # noqa: D102
+    def finish(self, summary: RunSummary, arrays: ArrayRecord | None) -> None:  # noqa: D102
         if self.run is None:
             return
-        for part in ("central", "federated", "train"):
-            for key, value in summary["final"][part].items():
+        final = summary.final
+        for part, values in (
+            ("central", final.central),
+            ("federated", final.federated),
+            ("train", final.train),
+        ):
+            for key, value in values.items():
                 self.run.summary[f"final/{part}/{key}"] = value
-        for part in ("detection", "privacy"):
-            for key, value in summary.get(part, {}).items():
+        for part, values in (("detection", summary.detection), ("privacy", summary.privacy)):
+            for key, value in values.items():
                 self.run.summary[f"{part}/{key}"] = value
-        self.run.summary["status"] = summary["status"]
-        self.run.summary["rounds_completed"] = summary["rounds_completed"]
-        self.run.finish(exit_code=0 if summary["status"] == "completed" else 1)
+        self.run.summary["status"] = str(summary.status)
+        self.run.summary["rounds_completed"] = summary.rounds_completed
+        self.run.finish(exit_code=0 if summary.status == RunStatus.COMPLETED else 1)
         self.run = None
 
 
