@@ -104,10 +104,22 @@ def check_strategy(cfg: DictConfig) -> None:
     """Build the strategy once, turning the errors of its constructor into a ConfigError.
 
     ``strategy._target_`` may name any importable class, so its own checks are the last word on
-    its options: a missing or unknown keyword, or a value its constructor refuses.
+    its options: a missing or unknown keyword, or a value its constructor refuses. An option that
+    is an object of its own (``strategy.thresholds``) is built first, so that the message names
+    its path.
     """
+    from hydra.utils import instantiate
+
     from fl_iot.server import build_strategy
 
+    for key, node in cfg.strategy.items():
+        if isinstance(node, DictConfig) and "_target_" in node:
+            try:
+                instantiate(node)
+            except (InstantiationException, TypeError, ValueError) as error:
+                raise ConfigError(
+                    f"strategy.{key} ({node._target_}) refused its options: {_one_line(error)}"
+                ) from None
     target = cfg.strategy.get("_target_")
     try:
         build_strategy(cfg)

@@ -44,21 +44,22 @@ def test_a_strategy_constructor_refusal_becomes_a_config_error():
     for overrides, message in [
         (
             ("+strategy.no_such_option=1",),
-            "'flwr.serverapp.strategy.FedAvg' refused its options: TypeError: .*unexpected "
-            "keyword argument 'no_such_option'",
+            "strategy 'flwr.serverapp.strategy.FedAvg' refused its options: TypeError: "
+            ".*unexpected keyword argument 'no_such_option'",
         ),
         (
             ("strategy=fedtrimmedavg", "strategy.beta=0.7"),
-            "'flwr.serverapp.strategy.FedTrimmedAvg' refused its options: ValueError: `beta`",
+            "strategy 'flwr.serverapp.strategy.FedTrimmedAvg' refused its options: "
+            "ValueError: `beta`",
         ),
         (
             ("strategy=trusted", "strategy.thresholds.small_round_backward_pull=-1"),
-            "'strategies.AnomalyRejection' refused its options: ValueError: "
-            "small_round_backward_pull must be > 0 or None, got -1",
+            r"strategy\.thresholds \(strategies\.AnomalyThresholds\) refused its options: "
+            "ValueError: small_round_backward_pull must be > 0 or None, got -1",
         ),
     ]:
         cfg = OmegaConf.create(OmegaConf.to_container(compose(*overrides), resolve=True))
-        with pytest.raises(ConfigError, match=f"^strategy {message}"):
+        with pytest.raises(ConfigError, match=f"^{message}"):
             check_strategy(cfg)
 
 
