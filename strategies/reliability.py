@@ -24,9 +24,7 @@ agreement with the round's reference, see :mod:`strategies.scoring`), which the 
 into the agreement quality. One round's direction says little on a non-IID fleet: honest devices
 with an unusual data mix point away now and then, and when colluders are many in a round they
 shape the round's reference itself. Their history separates them: attackers point away round
-after round, honest devices only sometimes (label flip on MIT-BIH at 20 %, two seeds inspected:
-the flippers' means were the lowest of their round from round 3 on in one, by round 10 in the
-other).
+after round, honest devices only sometimes (what that is worth: ``docs/results.md``).
 
 Events of a round are *pending* until a later round is scored, so a round's weights always use the
 history of earlier rounds only, and recording the same round twice (a wrapper and the strategy it
@@ -36,6 +34,7 @@ wraps both observing it) keeps the most severe outcome instead of counting it tw
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any
 
@@ -58,6 +57,41 @@ _STATE_VERSION = 2
 DIRECTION_RANGE = (-4.0, 1.0)
 """A round's direction z-score is clipped to this range before it enters the history: one extreme
 round cannot dominate the mean, and a device cannot bank agreement to spend in a later attack."""
+
+
+@dataclass
+class PendingEvent:
+    """A device's event of a round not yet folded into its history."""
+
+    round: int
+    outcome: str
+    anomaly: float
+    direction: float | None
+
+
+@dataclass
+class DeviceHistory:
+    """One device's decayed counts, direction history and pending event."""
+
+    good: float = 0.0
+    late: float = 0.0
+    failed: float = 0.0
+    anomaly: float = 0.0
+    observations: int = 0
+    direction_sum: float = 0.0
+    direction_weight: float = 0.0
+    last_round: int | None = None
+    pending: PendingEvent | None = None
+
+    def counts(self) -> dict[str, float]:
+        """The decayed counts and the number of observations."""
+        return {
+            "good": self.good,
+            "late": self.late,
+            "failed": self.failed,
+            "anomaly": self.anomaly,
+            "observations": self.observations,
+        }
 
 
 def _check(name: str, value: float, low: float, high: float, *, open_low: bool = False) -> float:
@@ -89,8 +123,9 @@ class ReliabilityTracker:
 
     Notes
     -----
-    All state is plain dicts of floats, ints and strings: :meth:`state_dict` is JSON-serialisable
-    and :meth:`load_state_dict` restores it for a resumed run.
+    Each device's history is a :class:`DeviceHistory`; :meth:`state_dict` is plain dicts of
+    floats, ints and strings (JSON-serialisable) and :meth:`load_state_dict` restores it for a
+    resumed run.
     """
 
     def __init__(
@@ -110,7 +145,7 @@ class ReliabilityTracker:
         self.late_penalty = _check("late_penalty", late_penalty, 0.0, math.inf)
         self.failure_penalty = _check("failure_penalty", failure_penalty, 0.0, math.inf)
         self.anomaly_penalty = _check("anomaly_penalty", anomaly_penalty, 0.0, math.inf)
-        self._devices: dict[str, dict[str, Any]] = {}
+        self._devices: dict[str, DeviceHistory] = {}
 
     # -- recording ---------------------------------------------------------------------------
 
@@ -149,50 +184,47 @@ class ReliabilityTracker:
         outcome = str(Outcome(outcome))  # a plain string in the state, whatever was passed
         anomaly = _check("anomaly", anomaly, 0.0, 1.0)
         direction = _clipped_direction(direction)
-        record = self._devices.setdefault(device, _empty_record())
-        if record["pending"] is not None and record["pending"]["round"] != server_round:
+        record = self._devices.setdefault(device, DeviceHistory())
+        if record.pending is not None and record.pending.round != server_round:
             # Another round's event: it becomes history now (even if rounds restarted, as in a
             # second run on the same tracker; nothing here may raise inside aggregation).
             self._fold(record, before_round=None)
-        pending = record["pending"]
+        pending = record.pending
         if pending is None:
-            record["pending"] = {
-                "round": server_round,
-                "outcome": outcome,
-                "anomaly": anomaly,
-                "direction": direction,
-            }
+            record.pending = PendingEvent(server_round, outcome, anomaly, direction)
             return
         # Same round seen twice: keep the most severe outcome, then the larger anomaly share,
         # and the lower direction.
-        if (_SEVERITY[outcome], anomaly) > (_SEVERITY[pending["outcome"]], pending["anomaly"]):
-            pending.update(outcome=outcome, anomaly=anomaly)
+        if (_SEVERITY[outcome], anomaly) > (_SEVERITY[pending.outcome], pending.anomaly):
+            pending.outcome, pending.anomaly = outcome, anomaly
         if direction is not None:
-            seen = pending["direction"]
-            pending["direction"] = direction if seen is None else min(seen, direction)
+            seen = pending.direction
+            pending.direction = direction if seen is None else min(seen, direction)
 
-    def _fold(self, record: dict[str, Any], before_round: int | None) -> None:
-        pending = record["pending"]
-        if pending is None or (before_round is not None and pending["round"] >= before_round):
+    def _fold(self, record: DeviceHistory, before_round: int | None) -> None:
+        pending = record.pending
+        if pending is None or (before_round is not None and pending.round >= before_round):
             return
-        for key in ("good", "late", "failed", "anomaly"):
-            record[key] *= self.decay
-        if pending["direction"] is not None:
-            record["direction_sum"] = self.decay * record["direction_sum"] + pending["direction"]
-            record["direction_weight"] = self.decay * record["direction_weight"] + 1.0
-        outcome = pending["outcome"]
+        record.good *= self.decay
+        record.late *= self.decay
+        record.failed *= self.decay
+        record.anomaly *= self.decay
+        if pending.direction is not None:
+            record.direction_sum = self.decay * record.direction_sum + pending.direction
+            record.direction_weight = self.decay * record.direction_weight + 1.0
+        outcome = pending.outcome
         if outcome == Outcome.COMPLETED:
-            record["good"] += 1.0 - pending["anomaly"]
-            record["anomaly"] += pending["anomaly"]
+            record.good += 1.0 - pending.anomaly
+            record.anomaly += pending.anomaly
         elif outcome == Outcome.LATE:
-            record["late"] += 1.0
+            record.late += 1.0
         elif outcome == Outcome.FAILED:
-            record["failed"] += 1.0
+            record.failed += 1.0
         else:  # rejected or malformed: content the server had to refuse
-            record["anomaly"] += 1.0
-        record["observations"] += 1
-        record["last_round"] = pending["round"]
-        record["pending"] = None
+            record.anomaly += 1.0
+        record.observations += 1
+        record.last_round = pending.round
+        record.pending = None
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -208,11 +240,11 @@ class ReliabilityTracker:
         alpha = self.prior * self.prior_strength
         beta = (1.0 - self.prior) * self.prior_strength
         bad = (
-            self.late_penalty * record["late"]
-            + self.failure_penalty * record["failed"]
-            + self.anomaly_penalty * record["anomaly"]
+            self.late_penalty * record.late
+            + self.failure_penalty * record.failed
+            + self.anomaly_penalty * record.anomaly
         )
-        return (alpha + record["good"]) / (alpha + beta + record["good"] + bad)
+        return (alpha + record.good) / (alpha + beta + record.good + bad)
 
     def mean_direction(self, device: str, direction: float, server_round: int) -> float:
         """The device's decayed mean direction z-score, this round's ``direction`` included.
@@ -225,8 +257,8 @@ class ReliabilityTracker:
         total, weight = 0.0, 1.0  # the pseudo-observation
         if record is not None:
             self._fold(record, before_round=server_round)
-            total += record["direction_sum"]
-            weight += record["direction_weight"]
+            total += record.direction_sum
+            weight += record.direction_weight
         current = _clipped_direction(direction)
         if current is not None:
             total += current
@@ -237,9 +269,9 @@ class ReliabilityTracker:
         """Decayed counts of ``device`` before ``server_round`` (zeros for an unknown device)."""
         record = self._devices.get(device)
         if record is None:
-            return {"good": 0.0, "late": 0.0, "failed": 0.0, "anomaly": 0.0, "observations": 0}
+            return DeviceHistory().counts()
         self._fold(record, before_round=server_round)
-        return {k: record[k] for k in ("good", "late", "failed", "anomaly", "observations")}
+        return record.counts()
 
     def devices(self) -> list[str]:
         """Every device with a history."""
@@ -259,10 +291,7 @@ class ReliabilityTracker:
                 "failure_penalty": self.failure_penalty,
                 "anomaly_penalty": self.anomaly_penalty,
             },
-            "devices": {
-                d: {**r, "pending": None if r["pending"] is None else dict(r["pending"])}
-                for d, r in self._devices.items()
-            },
+            "devices": {d: asdict(r) for d, r in self._devices.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -279,18 +308,9 @@ class ReliabilityTracker:
                 f"expected {_STATE_VERSION}"
             )
         fresh = ReliabilityTracker(**state["params"])
-        devices: dict[str, dict[str, Any]] = {}
+        devices: dict[str, DeviceHistory] = {}
         for device, record in state["devices"].items():
-            template = _empty_record()
-            if set(record) != set(template):
-                raise ValueError(
-                    f"device {device!r}: expected fields {sorted(template)}, got {sorted(record)}"
-                )
-            pending = record["pending"]
-            devices[str(device)] = {
-                **record,
-                "pending": None if pending is None else dict(pending),
-            }
+            devices[str(device)] = _history_from_state(str(device), record)
         self.__dict__.update(fresh.__dict__)
         self._devices = devices
 
@@ -302,15 +322,21 @@ def _clipped_direction(direction: float | None) -> float | None:
     return min(max(float(direction), DIRECTION_RANGE[0]), DIRECTION_RANGE[1])
 
 
-def _empty_record() -> dict[str, Any]:
-    return {
-        "good": 0.0,
-        "late": 0.0,
-        "failed": 0.0,
-        "anomaly": 0.0,
-        "observations": 0,
-        "direction_sum": 0.0,
-        "direction_weight": 0.0,
-        "last_round": None,
-        "pending": None,
-    }
+def _history_from_state(device: str, record: dict[str, Any]) -> DeviceHistory:
+    """The :class:`DeviceHistory` a :meth:`ReliabilityTracker.state_dict` entry describes.
+
+    Raises
+    ------
+    ValueError
+        If the entry or its pending event has other fields than the dataclasses.
+    """
+    pending = record.get("pending")
+    checks = [(DeviceHistory, record)] + ([] if pending is None else [(PendingEvent, pending)])
+    for cls, given in checks:
+        expected = {f.name for f in fields(cls)}
+        if not isinstance(given, dict) or set(given) != expected:
+            found = sorted(given) if isinstance(given, dict) else type(given).__name__
+            raise ValueError(f"device {device!r}: expected fields {sorted(expected)}, got {found}")
+    return DeviceHistory(
+        **{**record, "pending": None if pending is None else PendingEvent(**pending)}
+    )

@@ -246,6 +246,27 @@ def test_load_state_dict_rejects_foreign_state() -> None:
         ReliabilityTracker().load_state_dict({"version": 99})
 
 
+def test_the_state_is_plain_json_and_a_record_with_foreign_fields_is_refused() -> None:
+    # Prepare
+    tracker = ReliabilityTracker()
+    tracker.observe("a", 1, "completed", anomaly=0.25, direction=-1.0)
+    state = tracker.state_dict()
+    # Assert: the pending event is a plain dict in the state
+    assert state["devices"]["a"]["pending"] == {
+        "round": 1,
+        "outcome": "completed",
+        "anomaly": 0.25,
+        "direction": -1.0,
+    }
+    assert json.loads(json.dumps(state)) == state
+    for broken in (
+        {**state["devices"]["a"], "extra": 1},
+        {**state["devices"]["a"], "pending": {"round": 1, "outcome": "completed"}},
+    ):
+        with pytest.raises(ValueError, match="device 'a': expected fields"):
+            ReliabilityTracker().load_state_dict({**state, "devices": {"a": broken}})
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
