@@ -93,7 +93,7 @@ def time_cell(n: int, d: int, pairs: int) -> dict[str, float | list[float]]:
     # One untimed warm-up each: first-call imports and allocator growth are not aggregation.
     fedavg.aggregate_train(1, replies)
     trusted.aggregate_train(1, replies)
-    rejected = len(trusted.round_report(1)["rejected"])
+    rejected = len(trusted.round_report(1).rejected)
     t_fedavg, t_trusted, ratios = [], [], []
     for _ in range(pairs):
         gc.collect()

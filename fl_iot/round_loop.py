@@ -43,6 +43,7 @@ from fl_iot.metrics import scores
 from fl_iot.records import RoundRecord, RoundSink
 from fl_iot.roster import DeviceOrderedGrid, Roster
 from strategies import answered_node, bounded_quantity, sent_destinations
+from strategies.report import RoundReport
 from strategies.validation import claimed_device
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,10 @@ class RoundLoop:
         report = getattr(self.strategy, "round_report", None)
         if callable(report):
             try:
-                record.strategy = dict(report(server_round))
+                reported = report(server_round)
+                record.strategy = (
+                    reported.to_dict() if isinstance(reported, RoundReport) else dict(reported)
+                )
             except Exception as error:
                 record.errors.append(f"round_report: {type(error).__name__}: {error}")
         participants = {

@@ -6,7 +6,7 @@ Usable in any Flower app by import alone::
 
     strategy = AnomalyRejection(ReliabilityWeightedFedAvg(min_available_nodes=10))
     result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=5)
-    report = strategy.round_report(5)  # who was rejected and why, per-device weights
+    report = strategy.round_report(5)  # a RoundReport: who was rejected and why, weights
 
 (``examples/plain_flower/app.py`` is a complete app.) In fl-iot, pick ``strategy=trusted``
 (``conf/strategy/trusted.yaml``) or ``strategy=reliability`` (weighting only).
@@ -94,7 +94,7 @@ from strategies.anomaly import AnomalyRejection
 from strategies.central_dp import CentralDP
 from strategies.reliability import OUTCOMES, Outcome, ReliabilityTracker
 from strategies.reliability_fedavg import ReliabilityWeightedFedAvg
-from strategies.report import DEVICE_KEYS
+from strategies.report import DEVICE_KEYS, DeviceReport, RoundReport
 from strategies.robust import robust_center_scale
 from strategies.scoring import SIGNALS, AnomalyScores, agreement_quality, anomaly_scores
 from strategies.statistics import update_statistics
@@ -110,10 +110,12 @@ __all__ = [
     "AnomalyScores",
     "AnomalyThresholds",
     "CentralDP",
+    "DeviceReport",
     "Outcome",
     "RejectionKind",
     "ReliabilityTracker",
     "ReliabilityWeightedFedAvg",
+    "RoundReport",
     "agreement_quality",
     "anomaly_scores",
     "answered_node",

@@ -24,7 +24,13 @@ from strategies.ledger import (
     validate_sampling,
 )
 from strategies.reliability import ReliabilityTracker
-from strategies.report import device_entry, device_order, merge_reports
+from strategies.report import (
+    DeviceReport,
+    RoundReport,
+    device_entry,
+    device_order,
+    merge_reports,
+)
 from strategies.sample import SamplePlan, gather_sample
 from strategies.scoring import (
     SIGNALS,
@@ -302,7 +308,7 @@ class AnomalyRejection(Strategy):
 
     # -- fl-iot extensions -----------------------------------------------------------------------
 
-    def round_report(self, server_round: int) -> dict[str, Any]:
+    def round_report(self, server_round: int) -> RoundReport:
         """The report of ``server_round``, merged with the wrapped strategy's."""
         own = self._ledger.report(server_round)
         if own is None:
@@ -311,7 +317,10 @@ class AnomalyRejection(Strategy):
         if not callable(inner_report):
             return own
         try:
-            return merge_reports(own, dict(inner_report(server_round)))
+            inner = inner_report(server_round)
+            if not isinstance(inner, RoundReport):
+                inner = RoundReport.from_dict(dict(inner))
+            return merge_reports(own, inner)
         except Exception as exc:
             log(WARNING, "round_report of %r failed: %s", self.strategy, exc)
             return own
@@ -417,8 +426,8 @@ class AnomalyRejection(Strategy):
         counts: np.ndarray,
         scores: AnomalyScores,
         error: str | None,
-    ) -> dict[str, Any]:
-        devices: dict[str, dict[str, Any]] = {}
+    ) -> RoundReport:
+        devices: dict[str, DeviceReport] = {}
         signals = {name: scores.signals[name].tolist() for name in SIGNALS}
         scored = np.isfinite(scores.signals["norm_z"]).tolist()
         rejected, score, count = scores.rejected.tolist(), scores.score.tolist(), counts.tolist()

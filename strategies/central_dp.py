@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,7 @@ from flwr.supercore.privacy_accounting import (
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from strategies.arrays import ArrayFormatError, ModelSpec, restore_layout
+from strategies.report import RoundReport
 from strategies.validation import clone_reply
 
 log = logging.getLogger(__name__)
@@ -245,11 +247,15 @@ class CentralDP(Strategy):
             accountant.compose(GaussianPrivacyEvent(noise_multiplier, sampled, self.num_devices))
         return accountant.get_privacy_spent()
 
-    def round_report(self, server_round: int) -> dict[str, Any]:
-        """The wrapped strategy's report plus this round's central-DP accounting."""
+    def round_report(self, server_round: int) -> RoundReport | dict[str, Any]:
+        """The wrapped strategy's report plus this round's central-DP accounting.
+
+        A :class:`~strategies.report.RoundReport` with a ``central_dp`` section when the wrapped
+        strategy reports one; otherwise its dict (empty when it reports nothing) with that key.
+        """
         inner = getattr(self.strategy, "round_report", None)
-        report = dict(inner(server_round)) if callable(inner) else {}
-        report["central_dp"] = {
+        report = inner(server_round) if callable(inner) else {}
+        section = {
             **self._last_round,
             "noise_multiplier": self.noise_multiplier,
             "max_weight_ratio": self.max_weight_ratio,
@@ -258,7 +264,9 @@ class CentralDP(Strategy):
             "epsilon_if_poisson_sampling": self.privacy_spent_if_poisson_sampling().epsilon,
             "delta": self.delta,
         }
-        return report
+        if isinstance(report, RoundReport):
+            return replace(report, sections={**report.sections, "central_dp": section})
+        return {**dict(report), "central_dp": section}
 
 
 class _FloatArraysOnly(Strategy):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from logging import INFO, WARNING
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from flwr.app import ArrayRecord, Message
@@ -20,7 +20,7 @@ from flwr.supercore import log
 
 from strategies.arrays import ArrayFormatError, ModelSpec
 from strategies.reliability import Outcome, ReliabilityTracker
-from strategies.report import device_entry, device_order
+from strategies.report import DeviceReport, RoundReport, device_entry, device_order
 from strategies.validation import (
     Outbox,
     ParsedReply,
@@ -68,7 +68,7 @@ class RoundLedger:
         self.current_arrays: ArrayRecord | None = None
         self.sent = Outbox(keep_rounds)
         self.sent_evaluate = Outbox(keep_rounds)
-        self._reports: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._reports: OrderedDict[int, RoundReport] = OrderedDict()
         self._keep = keep_rounds
 
     def train_sent(
@@ -134,13 +134,13 @@ class RoundLedger:
             self.sent.nodes(server_round), replies, self.sent.sent(server_round), roster
         )
 
-    def store_report(self, server_round: int, report: dict[str, Any]) -> None:
+    def store_report(self, server_round: int, report: RoundReport) -> None:
         """Keep the report of ``server_round`` (the last :data:`KEEP_ROUNDS` rounds)."""
         self._reports[server_round] = report
         while len(self._reports) > self._keep:
             self._reports.popitem(last=False)
 
-    def report(self, server_round: int) -> dict[str, Any] | None:
+    def report(self, server_round: int) -> RoundReport | None:
         """The stored report of ``server_round``, or ``None``."""
         return self._reports.get(server_round)
 
@@ -181,13 +181,13 @@ def round_report(
     server_round: int,
     num_replies: int,
     num_accepted: int,
-    devices: dict[str, dict[str, Any]],
+    devices: dict[str, DeviceReport],
     rejections: Sequence[Rejection],
     late: list[str],
     tracker: ReliabilityTracker,
     error: str | None = None,
-) -> dict[str, Any]:
-    """A round report in :mod:`strategies.report`'s layout.
+) -> RoundReport:
+    """The round's :class:`~strategies.report.RoundReport`.
 
     ``devices`` holds the entries of the parsed replies; every rejected device that has none gets
     one with its kind, weight 0 and its reliability. Nodes outside the roster are no devices and
@@ -201,26 +201,24 @@ def round_report(
                 r.kind, weight=0.0, reliability=tracker.reliability(r.device, server_round)
             ),
         )
-    report: dict[str, Any] = {
-        "strategy": strategy,
-        "round": server_round,
-        "num_replies": num_replies,
-        "num_accepted": num_accepted,
-        "rejected": {r.device: r.reason for r in known},
-        "late": late,
-        "devices": dict(sorted(devices.items(), key=lambda kv: device_order(kv[0]))),
-    }
-    if error is not None:
-        report["error"] = error
-    unknown = {str(r.node_id): r.reason for r in rejections if r.kind == RejectionKind.UNKNOWN}
-    if unknown:
-        report["unknown_nodes"] = unknown
-    return report
+    return RoundReport(
+        strategy=strategy,
+        round=server_round,
+        num_replies=num_replies,
+        num_accepted=num_accepted,
+        rejected={r.device: r.reason for r in known},
+        late=late,
+        devices=dict(sorted(devices.items(), key=lambda kv: device_order(kv[0]))),
+        error=error,
+        unknown_nodes={
+            str(r.node_id): r.reason for r in rejections if r.kind == RejectionKind.UNKNOWN
+        },
+    )
 
 
-def empty_report(strategy: str, server_round: int) -> dict[str, Any]:
+def empty_report(strategy: str, server_round: int) -> RoundReport:
     """The report of a round the strategy did not aggregate."""
-    return {"strategy": strategy, "round": server_round, "rejected": {}, "devices": {}}
+    return RoundReport(strategy=strategy, round=server_round)
 
 
 def late_devices(

@@ -24,7 +24,7 @@ from strategies.ledger import (
     validate_sampling,
 )
 from strategies.reliability import ReliabilityTracker
-from strategies.report import device_entry
+from strategies.report import DeviceReport, RoundReport, device_entry
 from strategies.scoring import agreement_among, agreement_quality
 from strategies.thresholds import AnomalyThresholds
 from strategies.validation import (
@@ -346,8 +346,8 @@ class ReliabilityWeightedFedAvg(FedAvg):
 
     # -- fl-iot extensions -----------------------------------------------------------------------
 
-    def round_report(self, server_round: int) -> dict[str, Any]:
-        """The JSON-serialisable report of ``server_round`` (see :mod:`strategies.report`)."""
+    def round_report(self, server_round: int) -> RoundReport:
+        """The report of ``server_round`` (see :mod:`strategies.report`)."""
         report = self._ledger.report(server_round)
         return empty_report(type(self).__name__, server_round) if report is None else report
 
@@ -420,11 +420,11 @@ class ReliabilityWeightedFedAvg(FedAvg):
         late: list[str],
         factors: tuple[np.ndarray, ...],
         anomaly: list[float | None],
-    ) -> dict[str, Any]:
+    ) -> RoundReport:
         counts, quantity, mean_direction, quality, reliability, clip, shares = (
             f.tolist() for f in factors
         )
-        devices: dict[str, dict[str, Any]] = {}
+        devices: dict[str, DeviceReport] = {}
         for i, p in enumerate(parsed):
             devices[p.device] = device_entry(
                 "accepted",

@@ -98,13 +98,13 @@ def test_reliability_weighting_under_central_dp_caps_every_share_and_scales_the_
     report = dp.round_report(1)
     # Assert
     assert arrays is not None
-    shares = [report["devices"][d]["weight"] for d in ("1", "2", "3", "4")]
+    shares = [report.devices[d].weight for d in ("1", "2", "3", "4")]
     assert shares == pytest.approx([0.625 / 3] * 3 + [0.375])
     clipped = huge / np.linalg.norm(huge)
     expected = sum(s * u for s, u in zip(shares, [*updates, clipped], strict=True))
     np.testing.assert_allclose(numpy_arrays(arrays)["w"], expected, atol=1e-6)
     assert dp.dp.noise_multiplier == pytest.approx(1.5 * 1e-9)  # noise grows with kappa
-    assert report["central_dp"]["max_weight_ratio"] == 1.5
+    assert report.sections["central_dp"]["max_weight_ratio"] == 1.5
 
 
 @pytest.mark.parametrize("strategy", [FedMedian(), object()])

@@ -48,24 +48,24 @@ def test_the_run_completes_with_a_finite_model(outcome: ExampleResult) -> None:
 
 def test_the_bad_node_is_rejected_every_round_with_its_reason(outcome: ExampleResult) -> None:
     round_1, round_2 = outcome.reports[1], outcome.reports[2]
-    assert list(round_1["rejected"]) == ["0"]
-    assert "norm" in round_1["rejected"]["0"] or "direction" in round_1["rejected"]["0"]
-    assert round_1["devices"]["0"]["status"] == "anomalous"
-    assert list(round_2["rejected"]) == ["0"]
-    assert "NaN" in round_2["rejected"]["0"]
-    assert round_2["devices"]["0"]["status"] == "malformed"
+    assert list(round_1.rejected) == ["0"]
+    assert "norm" in round_1.rejected["0"] or "direction" in round_1.rejected["0"]
+    assert round_1.devices["0"].status == "anomalous"
+    assert list(round_2.rejected) == ["0"]
+    assert "NaN" in round_2.rejected["0"]
+    assert round_2.devices["0"].status == "malformed"
     for report in (round_1, round_2):
-        assert report["num_replies"] == NODES and report["num_accepted"] == NODES - 1
-        json.dumps(report, allow_nan=False)
+        assert report.num_replies == NODES and report.num_accepted == NODES - 1
+        json.dumps(report.to_dict(), allow_nan=False)
 
 
 def test_the_bad_node_loses_reliability_and_honest_nodes_share_the_weight(
     outcome: ExampleResult,
 ) -> None:
-    devices = outcome.reports[2]["devices"]
+    devices = outcome.reports[2].devices
     honest = [devices[str(p)] for p in range(1, NODES)]
-    assert devices["0"]["reliability"] < min(d["reliability"] for d in honest)
-    assert sum(d["weight"] for d in honest) == pytest.approx(1.0)
+    assert devices["0"].reliability < min(d.reliability for d in honest)
+    assert sum(d.weight for d in honest) == pytest.approx(1.0)
 
 
 def test_the_global_model_learns_despite_the_attacker(outcome: ExampleResult) -> None:

@@ -73,15 +73,15 @@ def test_wrapping_flowers_fedavg_rejects_the_outlier_and_averages_the_rest() -> 
     arrays, metrics = strategy.aggregate_train(1, [*honest, _boosted()])
     report = strategy.round_report(1)
     # Assert: exactly the booster is out, and the result is FedAvg over the honest replies
-    assert list(report["rejected"]) == ["9"]
-    assert "norm" in report["rejected"]["9"]
+    assert list(report.rejected) == ["9"]
+    assert "norm" in report.rejected["9"]
     assert arrays is not None and expected is not None
     np.testing.assert_allclose(
         numpy_arrays(arrays)["w"], numpy_arrays(expected)["w"], rtol=1e-5, atol=1e-6
     )
     assert metrics == expected_metrics
-    assert report["devices"]["9"]["status"] == "anomalous"
-    assert report["devices"]["0"]["weight"] is None  # FedAvg's own weighting is not reported
+    assert report.devices["9"].status == "anomalous"
+    assert report.devices["0"].weight is None  # FedAvg's own weighting is not reported
 
 
 def test_metric_keys_that_differ_between_devices_do_not_crash_flowers_fedavg() -> None:
@@ -104,7 +104,7 @@ def test_wrapping_median_works_too() -> None:
     configure(strategy, 1, GLOBAL, NODES)
     arrays, _ = strategy.aggregate_train(1, [*_honest(), _boosted()])
     assert arrays is not None
-    assert list(strategy.round_report(1)["rejected"]) == ["9"]
+    assert list(strategy.round_report(1).rejected) == ["9"]
 
 
 def test_trusted_shares_the_tracker_and_feeds_rejections_into_reliability() -> None:
@@ -121,8 +121,8 @@ def test_trusted_shares_the_tracker_and_feeds_rejections_into_reliability() -> N
     )
     report = strategy.round_report(2)
     # Assert: the rejection weighs 2 -> (1 + 0)/(2 + 2) = 0.25, honest devices (1 + 1 - a)/(...)
-    assert report["devices"]["9"]["reliability"] == pytest.approx(0.25)
-    assert all(report["devices"][str(i)]["reliability"] > 0.6 for i in range(9))
+    assert report.devices["9"].reliability == pytest.approx(0.25)
+    assert all(report.devices[str(i)].reliability > 0.6 for i in range(9))
     assert strategy.tracker.history("9", 2)["anomaly"] == 1.0
 
 
@@ -134,19 +134,19 @@ def test_merged_report_has_weights_from_the_inner_and_scores_from_the_wrapper() 
     strategy.aggregate_train(1, [*_honest(), _boosted(), reply(110, error="boom")])
     report = strategy.round_report(1)
     # Assert
-    assert json.loads(json.dumps(report, allow_nan=False)) == report
-    assert report["strategy"] == "AnomalyRejection(ReliabilityWeightedFedAvg)"
-    assert set(report["rejected"]) == {"9", "10"}
-    assert report["late"] == []
-    accepted = {d: e for d, e in report["devices"].items() if e["status"] == "accepted"}
+    assert json.loads(json.dumps(report.to_dict(), allow_nan=False)) == report.to_dict()
+    assert report.strategy == "AnomalyRejection(ReliabilityWeightedFedAvg)"
+    assert set(report.rejected) == {"9", "10"}
+    assert report.late == []
+    accepted = {d: e for d, e in report.devices.items() if e.status == "accepted"}
     assert set(accepted) == {str(i) for i in range(9)}
-    assert sum(e["weight"] for e in accepted.values()) == pytest.approx(1.0)
+    assert sum(e.weight for e in accepted.values()) == pytest.approx(1.0)
     for entry in accepted.values():
-        assert entry["quantity"] > 0 and entry["quality"] == 1.0 and entry["reliability"] == 0.5
-        assert 0 <= entry["anomaly_score"] < 1
-        assert set(entry["signals"]) == set(SIGNALS)
-    assert report["devices"]["9"]["anomaly_score"] >= 1 and report["devices"]["9"]["weight"] == 0.0
-    assert report["devices"]["10"]["status"] == "failed"
+        assert entry.quantity > 0 and entry.quality == 1.0 and entry.reliability == 0.5
+        assert 0 <= entry.anomaly_score < 1
+        assert set(entry.signals) == set(SIGNALS)
+    assert report.devices["9"].anomaly_score >= 1 and report.devices["9"].weight == 0.0
+    assert report.devices["10"].status == "failed"
 
 
 def test_late_devices_are_reported_once_by_the_wrapper() -> None:
@@ -154,8 +154,8 @@ def test_late_devices_are_reported_once_by_the_wrapper() -> None:
     configure(strategy, 1, GLOBAL, NODES)
     strategy.aggregate_train(1, _honest(n=8))  # nodes 108 and 109 never answer
     report = strategy.round_report(1)
-    assert report["late"] == ["108", "109"]
-    assert report["rejected"] == {}
+    assert report.late == ["108", "109"]
+    assert report.rejected == {}
     assert strategy.tracker.history("108", 2)["late"] == 1.0
 
 
@@ -192,14 +192,14 @@ def test_a_failing_wrapped_strategy_does_not_end_the_run() -> None:
     strategy = AnomalyRejection(_Exploding(min_available_nodes=10))
     configure(strategy, 1, GLOBAL, NODES)
     assert strategy.aggregate_train(1, _honest()) == (None, None)
-    assert strategy.round_report(1)["error"] == "RuntimeError: wrapped strategy failed"
+    assert strategy.round_report(1).error == "RuntimeError: wrapped strategy failed"
 
 
 def test_too_few_replies_are_not_scored() -> None:
     strategy = AnomalyRejection(FedAvg(min_available_nodes=2))
     configure(strategy, 1, GLOBAL, NODES[:2])
     strategy.aggregate_train(1, [*_honest(n=1), _boosted()])
-    assert strategy.round_report(1)["rejected"] == {}
+    assert strategy.round_report(1).rejected == {}
 
 
 def test_evaluation_passes_through_and_is_hardened() -> None:
@@ -287,7 +287,7 @@ def _trusted_round(replies: list[Message], rescore_accepted: bool) -> dict[str, 
 
 def _mean_directions(report: dict[str, Any]) -> dict[str, float]:
     """The honest devices' (0-8) mean direction z-scores in a round report."""
-    return {str(i): report["devices"][str(i)]["mean_direction_z"] for i in range(9)}
+    return {str(i): report.devices[str(i)].mean_direction_z for i in range(9)}
 
 
 COLLUDER_NODES = [110, 111, 112]
@@ -317,7 +317,7 @@ def test_rescore_accepted_judges_the_honest_as_if_refused_copies_had_not_replied
     without = _mean_directions(_trusted_round(_honest(), rescore_accepted=True))
     # Assert: the copies are refused as copies; judged among themselves, the honest devices score
     # as in a round without them, while the round's own scores let their pile shift the reference
-    assert all("copy" in rescored["rejected"][str(d)] for d in (10, 11, 12))
+    assert all("copy" in rescored.rejected[str(d)] for d in (10, 11, 12))
     assert _mean_directions(rescored) == pytest.approx(without, abs=1e-9)
     assert max(abs(plain[d] - without[d]) for d in without) > 1e-3
 
@@ -329,5 +329,5 @@ def test_rescore_accepted_leaves_rounds_without_colluders_alone(outlier: Any, ca
     rescored = _trusted_round([*_honest(), outlier()], rescore_accepted=True)
     plain = _trusted_round([*_honest(), outlier()], rescore_accepted=False)
     # Assert
-    assert cause in rescored["rejected"]["9"]
+    assert cause in rescored.rejected["9"]
     assert _mean_directions(rescored) == _mean_directions(plain)

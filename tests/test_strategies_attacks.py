@@ -70,8 +70,8 @@ def _detect(
     configure(strategy, 1, model, [1000 + i for i in range(N)])
     strategy.aggregate_train(1, fleet_replies(fleet))
     report = strategy.round_report(1)
-    rejected = {int(d) for d in report["rejected"]}
-    share = sum(report["devices"][str(i)]["weight"] for i in fleet.attackers)
+    rejected = {int(d) for d in report.rejected}
+    share = sum(report.devices[str(i)].weight for i in fleet.attackers)
     return rejected, fleet.attackers, share
 
 
@@ -133,7 +133,7 @@ def test_accuracy_under_40_percent_sign_flippers_stays_above_fedavg() -> None:
     # Assert: a clear margin, and no honest device was ever rejected
     assert trusted[-1] >= fedavg[-1] + 0.05, (fedavg, trusted)
     for server_round in range(1, 7):
-        rejected = {int(d) for d in strategy.round_report(server_round)["rejected"]}
+        rejected = {int(d) for d in strategy.round_report(server_round).rejected}
         assert rejected <= task.attackers, server_round
 
 
@@ -149,13 +149,13 @@ def test_label_flip_at_40_percent_is_contained_over_rounds() -> None:
     # Assert
     assert trusted[-1] >= fedavg[-1] + 0.03, (fedavg, trusted)
     for server_round in range(1, 9):
-        rejected = {int(d) for d in strategy.round_report(server_round)["rejected"]}
+        rejected = {int(d) for d in strategy.round_report(server_round).rejected}
         assert rejected <= task.attackers, server_round
     last = strategy.round_report(8)
-    share = sum(last["devices"][str(i)]["weight"] for i in task.attackers)
-    reliability = np.mean([last["devices"][str(i)]["reliability"] for i in task.attackers])
+    share = sum(last.devices[str(i)].weight for i in task.attackers)
+    reliability = np.mean([last.devices[str(i)].reliability for i in task.attackers])
     honest = np.mean(
-        [last["devices"][str(i)]["reliability"] for i in range(N) if i not in task.attackers]
+        [last.devices[str(i)].reliability for i in range(N) if i not in task.attackers]
     )
     assert share < 0.4, share
     assert reliability < honest - 0.1, (reliability, honest)
@@ -171,12 +171,10 @@ def test_label_flippers_lose_weight_over_rounds_through_their_mean_direction() -
     train(strategy, task, rounds=8)
     # Assert
     first, last = strategy.round_report(1), strategy.round_report(8)
-    share_first = sum(first["devices"][str(i)]["weight"] for i in task.attackers)
-    share_last = sum(last["devices"][str(i)]["weight"] for i in task.attackers)
-    attacker_quality = [last["devices"][str(i)]["quality"] for i in task.attackers]
-    honest_quality = [
-        last["devices"][str(i)]["quality"] for i in range(N) if i not in task.attackers
-    ]
+    share_first = sum(first.devices[str(i)].weight for i in task.attackers)
+    share_last = sum(last.devices[str(i)].weight for i in task.attackers)
+    attacker_quality = [last.devices[str(i)].quality for i in task.attackers]
+    honest_quality = [last.devices[str(i)].quality for i in range(N) if i not in task.attackers]
     assert share_last < 0.5 * share_first and share_last < 0.05, (share_first, share_last)
     assert np.mean([q for q in attacker_quality if q is not None]) < 0.5, attacker_quality
     assert np.mean(honest_quality) > 0.95, honest_quality

@@ -43,14 +43,12 @@ def test_weights_are_bounded_quantity_times_quality_times_reliability() -> None:
     np.testing.assert_allclose(numpy_arrays(arrays)["w"], 23 / 9 * V, rtol=1e-6)
     assert metrics["train-loss"] == pytest.approx((0.9 * 1 + 0.6 * 2 + 0.3 * 6) / 9)
     assert "num-examples" not in metrics  # the weight key is excluded, as in Flower's FedAvg
-    devices = report["devices"]
-    assert [devices[d]["quantity"] for d in ("10", "11", "12")] == [10.0, 20.0, 60.0]
-    assert [devices[d]["quality"] for d in ("10", "11", "12")] == [1.0, 1.0, 1.0]
-    assert [devices[d]["reliability"] for d in ("10", "11", "12")] == [0.5, 0.5, 0.5]
-    assert [devices[d]["weight"] for d in ("10", "11", "12")] == pytest.approx(
-        [1 / 9, 2 / 9, 6 / 9]
-    )
-    assert devices["12"]["num_examples"] == 90.0
+    devices = report.devices
+    assert [devices[d].quantity for d in ("10", "11", "12")] == [10.0, 20.0, 60.0]
+    assert [devices[d].quality for d in ("10", "11", "12")] == [1.0, 1.0, 1.0]
+    assert [devices[d].reliability for d in ("10", "11", "12")] == [0.5, 0.5, 0.5]
+    assert [devices[d].weight for d in ("10", "11", "12")] == pytest.approx([1 / 9, 2 / 9, 6 / 9])
+    assert devices["12"].num_examples == 90.0
 
 
 def test_quality_follows_the_devices_mean_direction_over_rounds() -> None:
@@ -74,10 +72,10 @@ def test_quality_follows_the_devices_mean_direction_over_rounds() -> None:
         strategy.aggregate_train(server_round, replies)
     # Assert: reversed rounds cost device 0 quality at once, and its honest round 4 does not
     # restore it: the mean of its rounds is still far below the others'
-    first, last = strategy.round_report(1)["devices"], strategy.round_report(4)["devices"]
-    assert first["0"]["quality"] < 1.0 and first["0"]["mean_direction_z"] < -1.5
-    assert last["0"]["mean_direction_z"] < -1.5 and last["0"]["quality"] < 0.7
-    honest = [last[str(i)]["quality"] for i in range(1, 12)]
+    first, last = strategy.round_report(1).devices, strategy.round_report(4).devices
+    assert first["0"].quality < 1.0 and first["0"].mean_direction_z < -1.5
+    assert last["0"].mean_direction_z < -1.5 and last["0"].quality < 0.7
+    honest = [last[str(i)].quality for i in range(1, 12)]
     assert min(honest) == 1.0, honest
 
 
@@ -90,12 +88,12 @@ def test_updates_above_clip_ratio_times_the_median_norm_are_shrunk_towards_the_m
     replies = [reply(10 + i, {"w": g["w"] + k * V}, 20) for i, k in enumerate((1, 2, 30))]
     # Execute
     arrays, _ = strategy.aggregate_train(1, replies)
-    devices = strategy.round_report(1)["devices"]
+    devices = strategy.round_report(1).devices
     # Assert: g + (V + 2V + 6V)/3 = g + 3V; shares stay 1/3 each, the clip factor is reported
     assert arrays is not None
     np.testing.assert_allclose(numpy_arrays(arrays)["w"], g["w"] + 3 * V, rtol=1e-6)
-    assert [devices[d]["norm_clip"] for d in ("10", "11", "12")] == pytest.approx([1, 1, 0.2])
-    assert [devices[d]["weight"] for d in ("10", "11", "12")] == pytest.approx([1 / 3] * 3)
+    assert [devices[d].norm_clip for d in ("10", "11", "12")] == pytest.approx([1, 1, 0.2])
+    assert [devices[d].weight for d in ("10", "11", "12")] == pytest.approx([1 / 3] * 3)
     # Without a bound, the same round is plain weighted averaging: g + 11V
     plain = ReliabilityWeightedFedAvg(min_available_nodes=3, clip_ratio=None)
     configure(plain, 1, g, [10, 11, 12])
@@ -119,13 +117,13 @@ def test_under_central_dp_shares_are_capped_and_round_dependent_factors_are_off(
     ]
     # Execute
     arrays, _ = strategy.aggregate_train(1, replies)
-    devices = strategy.round_report(1)["devices"]
+    devices = strategy.round_report(1).devices
     # Assert: g + 0.3·V + 0.3·2V + 0.4·30V = g + 12.9V
     assert arrays is not None
     np.testing.assert_allclose(numpy_arrays(arrays)["w"], g["w"] + 12.9 * V, rtol=1e-6)
-    assert [devices[d]["weight"] for d in ("10", "11", "12")] == pytest.approx([0.3, 0.3, 0.4])
-    assert [devices[d]["norm_clip"] for d in ("10", "11", "12")] == [1.0, 1.0, 1.0]
-    assert [devices[d]["quality"] for d in ("10", "11", "12")] == [1.0, 1.0, 1.0]
+    assert [devices[d].weight for d in ("10", "11", "12")] == pytest.approx([0.3, 0.3, 0.4])
+    assert [devices[d].norm_clip for d in ("10", "11", "12")] == [1.0, 1.0, 1.0]
+    assert [devices[d].quality for d in ("10", "11", "12")] == [1.0, 1.0, 1.0]
 
 
 def test_failures_and_lateness_lower_the_next_rounds_weight() -> None:
@@ -141,14 +139,14 @@ def test_failures_and_lateness_lower_the_next_rounds_weight() -> None:
     strategy.aggregate_train(2, [reply(node, {"w": V}, 10) for node in (10, 11, 12, 13)])
     round_2 = strategy.round_report(2)
     # Assert: round 1 saw the failure and the silence
-    assert round_1["rejected"] == {"12": "error reply: out of battery"}
-    assert round_1["late"] == ["13"]
-    assert round_1["devices"]["12"]["status"] == "failed"
+    assert round_1.rejected == {"12": "error reply: out of battery"}
+    assert round_1.late == ["13"]
+    assert round_1.devices["12"].status == "failed"
     # reliability: completed (1+1)/(2+1), failed 1/(2+1), late 1/(2+0.5)
-    rel = {d: round_2["devices"][d]["reliability"] for d in ("10", "11", "12", "13")}
+    rel = {d: round_2.devices[d].reliability for d in ("10", "11", "12", "13")}
     assert rel == pytest.approx({"10": 2 / 3, "11": 2 / 3, "12": 1 / 3, "13": 0.4})
     total = 2 / 3 + 2 / 3 + 1 / 3 + 0.4
-    assert round_2["devices"]["12"]["weight"] == pytest.approx((1 / 3) / total)
+    assert round_2.devices["12"].weight == pytest.approx((1 / 3) / total)
 
 
 def test_error_replies_are_charged_to_the_device_the_roster_puts_on_that_node() -> None:
@@ -160,7 +158,7 @@ def test_error_replies_are_charged_to_the_device_the_roster_puts_on_that_node() 
     arrays, _ = strategy.aggregate_train(1, [reply(10, error="timeout")])
     # Assert: nothing to aggregate, and the failure is booked on device 7, not node 10
     assert arrays is None
-    assert strategy.round_report(1)["rejected"] == {"7": "error reply: timeout"}
+    assert strategy.round_report(1).rejected == {"7": "error reply: timeout"}
     assert strategy.tracker.history("7", 2)["failed"] == 1.0
 
 
@@ -265,11 +263,11 @@ def test_malformed_reply_is_rejected_with_its_reason_and_the_rest_aggregated(
     arrays, _ = strategy.aggregate_train(1, [*honest(), _bad(kind)])
     report = strategy.round_report(1)
     # Assert: the bad reply is out, named with its reason; the result is the honest aggregate
-    assert list(report["rejected"]) == ["99"]
-    assert reason in report["rejected"]["99"]
+    assert list(report.rejected) == ["99"]
+    assert reason in report.rejected["99"]
     assert arrays is not None and expected is not None
     np.testing.assert_allclose(numpy_arrays(arrays)["w"], numpy_arrays(expected)["w"])
-    json.dumps(report, allow_nan=False)
+    json.dumps(report.to_dict(), allow_nan=False)
 
 
 def test_flowers_fedavg_would_have_crashed_on_the_same_reply() -> None:
@@ -284,8 +282,8 @@ def test_two_replies_for_one_device_in_a_round_are_both_rejected() -> None:
     replies = [reply(1, {"w": V}, 10), reply(1, {"w": 2 * V}, 10), reply(2, {"w": V}, 10)]
     strategy.aggregate_train(1, replies)
     report = strategy.round_report(1)
-    assert report["rejected"] == {"1": "2 replies for this device"}
-    assert report["num_accepted"] == 1
+    assert report.rejected == {"1": "2 replies for this device"}
+    assert report.num_accepted == 1
 
 
 def test_report_contract() -> None:
@@ -296,24 +294,22 @@ def test_report_contract() -> None:
     # Execute
     report = strategy.round_report(3)
     # Assert: JSON-safe, str keys, the same entry keys for every device, weights summing to 1
-    assert json.loads(json.dumps(report, allow_nan=False)) == report
-    assert report["round"] == 3 and report["num_replies"] == 4 and report["num_accepted"] == 3
-    assert set(report["devices"]) == {"20", "21", "22", "99"}
-    assert all(tuple(entry) == DEVICE_KEYS for entry in report["devices"].values())
-    accepted = [e for e in report["devices"].values() if e["status"] == "accepted"]
-    assert sum(e["weight"] for e in accepted) == pytest.approx(1.0)
-    assert report["devices"]["99"]["weight"] == 0.0
-    assert set(report["rejected"]) == {
-        d for d, e in report["devices"].items() if e["weight"] == 0.0
-    }
-    assert strategy.round_report(42)["devices"] == {}
+    assert json.loads(json.dumps(report.to_dict(), allow_nan=False)) == report.to_dict()
+    assert report.round == 3 and report.num_replies == 4 and report.num_accepted == 3
+    assert set(report.devices) == {"20", "21", "22", "99"}
+    assert all(tuple(e) == DEVICE_KEYS for e in report.to_dict()["devices"].values())
+    accepted = [e for e in report.devices.values() if e.status == "accepted"]
+    assert sum(e.weight for e in accepted) == pytest.approx(1.0)
+    assert report.devices["99"].weight == 0.0
+    assert set(report.rejected) == {d for d, e in report.devices.items() if e.weight == 0.0}
+    assert strategy.round_report(42).devices == {}
 
 
 def test_without_configure_train_the_layout_is_inferred_from_the_replies() -> None:
     strategy = ReliabilityWeightedFedAvg()
     arrays, _ = strategy.aggregate_train(1, [*honest(), _bad("wrong-shape")])
     assert arrays is not None
-    assert list(strategy.round_report(1)["rejected"]) == ["99"]
+    assert list(strategy.round_report(1).rejected) == ["99"]
 
 
 def test_aggregate_evaluate_skips_what_flower_would_choke_on() -> None:
@@ -376,7 +372,7 @@ def test_max_update_norm_rejects_absurdly_large_updates() -> None:
     strategy = ReliabilityWeightedFedAvg(min_available_nodes=4, max_update_norm=100.0)
     configure(strategy, 1, GLOBAL, [20, 21, 22, 99])
     strategy.aggregate_train(1, [*honest(), reply(99, {"w": np.array([300.0, 400.0], np.float32)})])
-    assert strategy.round_report(1)["rejected"] == {
+    assert strategy.round_report(1).rejected == {
         "99": "update norm 500 exceeds max_update_norm 100"
     }
 
@@ -400,4 +396,4 @@ def test_unsupported_dtypes_never_reach_the_average() -> None:
     replies = [reply(i, {"w": np.ones(2, np.complex64)}, 10) for i in range(3)]
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert (arrays, metrics) == (None, None)
-    assert len(strategy.round_report(1)["rejected"]) == 3
+    assert len(strategy.round_report(1).rejected) == 3

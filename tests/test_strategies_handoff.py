@@ -78,10 +78,10 @@ def test_any_strategy_with_the_protocol_gets_the_tracker_the_scores_and_the_very
     assert all(a is b for a, b in zip(inner.aggregated, replies[:9], strict=True))
     assert scored.covers(inner.aggregated)
     report = strategy.round_report(1)
-    assert list(report["rejected"]) == ["9"]
+    assert list(report.rejected) == ["9"]
     np.testing.assert_allclose(
         [e.anomaly_score for e in scored.entries],
-        [report["devices"][str(i)]["anomaly_score"] for i in range(9)],
+        [report.devices[str(i)].anomaly_score for i in range(9)],
     )
 
 

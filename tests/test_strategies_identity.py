@@ -102,10 +102,10 @@ def test_a_spoofing_node_is_rejected_and_logged_and_the_real_device_keeps_its_re
         strategy.aggregate_train(1, replies)
     report = strategy.round_report(1)  # type: ignore[attr-defined]
     # Assert: only the liar is out, under its own device, and it is said why
-    assert report["rejected"] == {"3": "spoof: claims device 5, the roster says 3"}
-    assert report["devices"]["3"]["status"] == "spoof"
-    assert report["devices"]["5"]["status"] == "accepted"
-    assert report["num_accepted"] == len(NODES) - 1
+    assert report.rejected == {"3": "spoof: claims device 5, the roster says 3"}
+    assert report.devices["3"].status == "spoof"
+    assert report.devices["5"].status == "accepted"
+    assert report.num_accepted == len(NODES) - 1
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("spoof" in m and "node 103" in m for m in warnings), warnings
 
@@ -130,8 +130,8 @@ def test_without_a_roster_devices_are_node_ids_and_claims_are_ignored(name: str)
     strategy = STRATEGIES[name]()
     strategy.aggregate_train(1, _round(strategy, 1, claims={103: 5, 104: 5}))
     report = strategy.round_report(1)  # type: ignore[attr-defined]
-    assert report["rejected"] == {}
-    assert set(report["devices"]) == {str(n) for n in NODES}
+    assert report.rejected == {}
+    assert set(report.devices) == {str(n) for n in NODES}
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
@@ -147,9 +147,9 @@ def test_a_node_outside_the_roster_is_refused_and_no_device_is_charged(name: str
     strategy.aggregate_train(1, replies)
     report = strategy.round_report(1)  # type: ignore[attr-defined]
     # Assert
-    assert report["unknown_nodes"] == {"999": "node 999 is not in the roster"}
-    assert report["rejected"] == {} and report["num_accepted"] == len(NODES)
-    assert set(report["devices"]) == set(ROSTER.values())
+    assert report.unknown_nodes == {"999": "node 999 is not in the roster"}
+    assert report.rejected == {} and report.num_accepted == len(NODES)
+    assert set(report.devices) == set(ROSTER.values())
     tracker = getattr(strategy, "tracker", None)
     if tracker is not None:
         assert tracker.devices() == sorted(ROSTER.values())
@@ -174,10 +174,10 @@ def test_the_superlinks_error_reply_for_a_dead_node_is_charged_to_that_nodes_dev
     strategy.aggregate_train(1, [*replies, dead])
     report = strategy.round_report(1)  # type: ignore[attr-defined]
     # Assert: device 7 failed, device 6 is late, device 0 (node 1) is accepted and blameless
-    assert list(report["rejected"]) == ["7"]
-    assert report["rejected"]["7"].startswith("error reply:")
-    assert report["late"] == ["6"]
-    assert report["devices"]["0"]["status"] == "accepted"
+    assert list(report.rejected) == ["7"]
+    assert report.rejected["7"].startswith("error reply:")
+    assert report.late == ["6"]
+    assert report.devices["0"].status == "accepted"
     tracker = getattr(strategy, "tracker", None)
     if tracker is not None:
         assert tracker.history("7", 2)["failed"] == 1.0

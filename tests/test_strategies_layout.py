@@ -17,7 +17,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from strategies import AnomalyRejection, ReliabilityWeightedFedAvg
+from strategies import AnomalyRejection, ReliabilityWeightedFedAvg, RoundReport
 from strategies.central_dp import CentralDP
 from tests.test_strategies_support import FakeGrid, task_identity  # noqa: F401  (fixture)
 
@@ -116,9 +116,9 @@ def test_a_batchnorm_model_trains_for_rounds_and_keeps_its_layout(name: str) -> 
         assert result is not None, f"round {server_round}: no model"
         report_fn = getattr(strategy, "round_report", None)
         report = report_fn(server_round) if callable(report_fn) else {}
-        if "rejected" in report:
-            assert report["rejected"] == {}, f"round {server_round}: {report['rejected']}"
-            assert report["num_accepted"] == len(NODES)
+        if isinstance(report, RoundReport):
+            assert report.rejected == {}, f"round {server_round}: {report.rejected}"
+            assert report.num_accepted == len(NODES)
         assert {k: (a.dtype, tuple(a.shape)) for k, a in result.items()} == layout
         assert list(result.keys()) == list(initial.keys())
         arrays = result

@@ -44,8 +44,8 @@ def test_a_round_is_recorded_once_per_device_and_unknown_nodes_are_no_devices() 
     assert tracker.history("2", 2)["anomaly"] == 1.0  # a spoof counts as malformed content
     assert tracker.history("4", 2)["late"] == 1.0
     assert tracker.history("node-999", 2)["observations"] == 0
-    assert report["rejected"] == {"1": rejections[0].reason, "2": rejections[1].reason}
-    assert report["unknown_nodes"] == {"999": rejections[2].reason}
-    assert [report["devices"][d]["status"] for d in ("1", "2")] == ["failed", "spoof"]
-    assert report["error"] == "boom"
-    assert json.loads(json.dumps(report)) == report
+    assert report.rejected == {"1": rejections[0].reason, "2": rejections[1].reason}
+    assert report.unknown_nodes == {"999": rejections[2].reason}
+    assert [report.devices[d].status for d in ("1", "2")] == ["failed", "spoof"]
+    assert report.error == "boom"
+    assert json.loads(json.dumps(report.to_dict())) == report.to_dict()

@@ -50,7 +50,7 @@ def test_our_average_leaves_the_non_finite_entry_out_and_renormalises(bad: float
     # Assert: the update is accepted (its arrays are fine); its metrics are left out of the
     # average of each key, the others' weights 10 : 20 renormalised
     assert arrays is not None and metrics is not None
-    assert strategy.round_report(1)["num_accepted"] == 3
+    assert strategy.round_report(1).num_accepted == 3
     assert metrics["train-loss"] == pytest.approx((0.4 * 10 + 0.1 * 20) / 30)
     assert metrics["curve"] == pytest.approx([(1 * 10 + 3 * 20) / 30, (2 * 10 + 4 * 20) / 30])
 

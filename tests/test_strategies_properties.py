@@ -106,8 +106,8 @@ def test_equals_flowers_fedavg_when_everyone_is_honest(fleet: tuple[list[Message
         arrays, metrics = strategy.aggregate_train(1, replies)
         report = strategy.round_report(1)  # type: ignore[attr-defined]
         # Assert
-        assert report["rejected"] == {}
-        assert {e["quality"] for e in report["devices"].values()} == {1.0}
+        assert report.rejected == {}
+        assert {e.quality for e in report.devices.values()} == {1.0}
         assert arrays is not None and expected_arrays is not None
         for key in GLOBAL:
             np.testing.assert_allclose(
@@ -225,9 +225,9 @@ def test_garbage_never_crashes_and_never_leaks_into_the_model(
         assert all(np.isfinite(v).all() for v in result.values())
         assert metrics is not None
     else:
-        assert report["num_accepted"] == 0
-    json.dumps(report, allow_nan=False)
+        assert report.num_accepted == 0
+    json.dumps(report.to_dict(), allow_nan=False)
     # Every reply is accounted for: accepted or rejected with a reason
-    assert report["num_replies"] == n
-    assert report["num_accepted"] + len(report["rejected"]) <= n
-    assert all(isinstance(reason, str) and reason for reason in report["rejected"].values())
+    assert report.num_replies == n
+    assert report.num_accepted + len(report.rejected) <= n
+    assert all(isinstance(reason, str) and reason for reason in report.rejected.values())

@@ -37,7 +37,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -45,7 +45,13 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
-from strategies import AnomalyRejection, ReliabilityWeightedFedAvg, answered_node, sent_destinations
+from strategies import (
+    AnomalyRejection,
+    ReliabilityWeightedFedAvg,
+    RoundReport,
+    answered_node,
+    sent_destinations,
+)
 
 CLASSES, FEATURES = 3, 8
 log = logging.getLogger(__name__)
@@ -136,7 +142,7 @@ class ExampleResult:
     """What the ServerApp hands back: Flower's Result, the round reports, central accuracy."""
 
     result: Result
-    reports: dict[int, dict[str, Any]] = field(default_factory=dict)
+    reports: dict[int, RoundReport] = field(default_factory=dict)
     central_accuracy: dict[int, float] = field(default_factory=dict)
 
 
@@ -181,7 +187,7 @@ def make_apps(
             acc = accuracy(arrays["w"].numpy(), arrays["b"].numpy(), x_test, y_test)
             central[server_round] = acc
             if server_round > 0:
-                rejected = strategy.round_report(server_round)["rejected"]
+                rejected = strategy.round_report(server_round).rejected
                 log.info(
                     "round %d: central accuracy %.3f, rejected %s", server_round, acc, rejected
                 )
@@ -262,7 +268,7 @@ def main() -> None:
         },
     )
     for server_round, report in results[0].reports.items():
-        print(f"round {server_round}: rejected {report['rejected']}")
+        print(f"round {server_round}: rejected {report.rejected}")
     print(f"central accuracy by round: {results[0].central_accuracy}")
 
 
