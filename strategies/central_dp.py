@@ -145,6 +145,11 @@ class CentralDP(Strategy):
         )
         self.released: list[tuple[float, int]] = []
         """``(effective noise multiplier, devices sampled)`` of every released round."""
+        # One running accountant per sampling method, composed as rounds are released: composing
+        # a Poisson-subsampled event is the slow part of the accounting, and rebuilding from
+        # ``released`` at every read would repeat it for every earlier round. Created at the
+        # first release, so that building the strategy does not load dp-accounting.
+        self._accountants: dict[SamplingMethod, RdpAccountant] = {}
         self._last_round: dict[str, Any] = {}
         self._sampled: dict[int, int] = {}
         self._spec: ModelSpec | None = None
@@ -204,7 +209,7 @@ class CentralDP(Strategy):
             effective = self.noise_multiplier * n / self.num_sampled_devices
             # The rate the round sampled with: devices that fail do not make sampling sparser.
             sampled = self._sampled.get(server_round, self.num_sampled_devices)
-            self.released.append((effective, min(sampled, self.num_devices)))
+            self._release(effective, min(sampled, self.num_devices))
             self._last_round.update(released=True, effective_noise_multiplier=effective)
         return arrays, metrics
 
@@ -236,15 +241,22 @@ class CentralDP(Strategy):
         """
         return self._spent(SamplingMethod.POISSON)
 
+    def _release(self, noise_multiplier: float, sampled: int) -> None:
+        """Record a released round and compose it into both accountants."""
+        self.released.append((noise_multiplier, sampled))
+        for sampling in (SamplingMethod.NO_AMPLIFICATION, SamplingMethod.POISSON):
+            if sampling not in self._accountants:
+                config = PrivacyConfig(
+                    self.delta, self.num_devices, NeighboringRelation.ADD_OR_REMOVE_ONE, sampling
+                )
+                self._accountants[sampling] = RdpAccountant(config)
+            event = GaussianPrivacyEvent(noise_multiplier, sampled, self.num_devices)
+            self._accountants[sampling].compose(event)
+
     def _spent(self, sampling: SamplingMethod) -> PrivacySpent:
-        if not self.released:
+        accountant = self._accountants.get(sampling)
+        if accountant is None:
             return PrivacySpent(0.0, self.delta, 0, f"rdp, {sampling.value}")
-        config = PrivacyConfig(
-            self.delta, self.num_devices, NeighboringRelation.ADD_OR_REMOVE_ONE, sampling
-        )
-        accountant = RdpAccountant(config)
-        for noise_multiplier, sampled in self.released:
-            accountant.compose(GaussianPrivacyEvent(noise_multiplier, sampled, self.num_devices))
         return accountant.get_privacy_spent()
 
     def round_report(self, server_round: int) -> RoundReport | dict[str, Any]:
