@@ -297,7 +297,6 @@ def validate_config(cfg: DictConfig | Config) -> None:
 
 
 def _validate_scenario(cfg: DictConfig | Config) -> None:
-
     scenario = cfg.scenario
     _check("scenario.num_rounds", scenario.num_rounds, low=1)
     _check("scenario.num_devices", scenario.num_devices, low=2)
@@ -336,7 +335,6 @@ def _validate_scenario(cfg: DictConfig | Config) -> None:
 
 
 def _validate_device_classes(cfg: DictConfig | Config) -> None:
-
     _check(
         "privacy.target_epsilon", cfg.privacy.target_epsilon, low=0, low_open=True, optional=True
     )

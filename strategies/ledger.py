@@ -195,12 +195,9 @@ def round_report(
     """
     known = [r for r in rejections if r.kind != RejectionKind.UNKNOWN]
     for r in known:
-        devices.setdefault(
-            r.device,
-            device_entry(
-                r.kind, weight=0.0, reliability=tracker.reliability(r.device, server_round)
-            ),
-        )
+        if r.device not in devices:
+            reliability = tracker.reliability(r.device, server_round)
+            devices[r.device] = device_entry(r.kind, weight=0.0, reliability=reliability)
     return RoundReport(
         strategy=strategy,
         round=server_round,

@@ -179,9 +179,10 @@ class ReliabilityTracker:
         ValueError
             For an unknown outcome or an anomaly outside ``[0, 1]``.
         """
-        if outcome not in _SEVERITY:
-            raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
-        outcome = str(Outcome(outcome))  # a plain string in the state, whatever was passed
+        try:
+            outcome = str(Outcome(outcome))  # a plain string in the state, whatever was passed
+        except ValueError:
+            raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}") from None
         anomaly = _check("anomaly", anomaly, 0.0, 1.0)
         direction = _clipped_direction(direction)
         record = self._devices.setdefault(device, DeviceHistory())

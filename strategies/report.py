@@ -180,8 +180,10 @@ def merge_reports(outer: RoundReport, inner: RoundReport) -> RoundReport:
             value = getattr(entry, key)
             if value is not None:
                 setattr(base, key, value)
+    # What the merge leaves out: the inner report's top-level fields (devices are not serialised).
     merged_keys = {"rejected", "late", "devices", "round", "unknown_nodes"}
-    extra = {k: v for k, v in inner.to_dict().items() if k not in merged_keys}
+    top = replace(inner, devices={}).to_dict()
+    extra = {k: v for k, v in top.items() if k not in merged_keys}
     return replace(
         outer,
         rejected={**inner.rejected, **outer.rejected},
