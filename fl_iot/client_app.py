@@ -16,11 +16,12 @@ from omegaconf import DictConfig
 
 from fl_iot.device_runtime import (
     TrainingDeclinedError,
+    WentOfflineError,
     device_id_of,
     evaluate_on_device,
     train_on_device,
 )
-from fl_iot.protocol import DECLINED_ERROR_CODE
+from fl_iot.protocol import DECLINED_ERROR_CODE, OFFLINE_ERROR_CODE
 from fl_iot.roster import roll_call_reply
 from fl_iot.run_config import config_from_run_config
 
@@ -46,6 +47,8 @@ def build_client_app(config_source: ConfigSource) -> ClientApp:
         except TrainingDeclinedError as declined:
             log.info("%s", declined)
             return Message(Error(code=DECLINED_ERROR_CODE, reason=str(declined)), reply_to=msg)
+        except WentOfflineError as offline:
+            return Message(Error(code=OFFLINE_ERROR_CODE, reason=str(offline)), reply_to=msg)
         return Message(content=content, reply_to=msg)
 
     @app.evaluate()

@@ -21,6 +21,9 @@ from clients.privacy.profile import PrivacyProfile
 from fl_iot.data import DATASETS
 from fl_iot.data.partition import PARTITION_SCHEMES
 from fl_iot.errors import ConfigError
+from fl_iot.fleet.conditions import FleetConfig
+from fl_iot.fleet.trace import read_trace
+from fl_iot.rounds import LateUpdates, PartialUpdates, RoundMode, RoundsConfig
 from fl_iot.tracking import SINK_FACTORIES
 from strategies import AnomalyThresholds
 
@@ -173,6 +176,8 @@ class Config:
     privacy: PrivacyPolicyConfig = field(default_factory=PrivacyPolicyConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
     seed: int = 0
     # Names of the config-group options a run was composed from ({"strategy": "trusted", ...}).
     # The CLI fills them in from Hydra; reports group runs by them.
@@ -277,6 +282,8 @@ def validate_config(cfg: DictConfig | Config) -> None:
         f"{', '.join(n for n in ATTACKS.names() if n != 'none')}",
     )
     _validate_privacy(cfg)
+    _validate_fleet(cfg)
+    _validate_rounds(cfg)
     for name in cfg.tracking.sinks:
         _require(
             name in SINK_FACTORIES,
@@ -370,6 +377,105 @@ def _validate_privacy(cfg: DictConfig | Config) -> None:
     _check("privacy.central.max_weight_ratio", central.max_weight_ratio, low=1)
 
 
+def _validate_fleet(cfg: DictConfig | Config) -> None:
+    fleet = cfg.fleet
+    _check("fleet.step_time_s", fleet.step_time_s, low=0)
+    _check("fleet.start_hour", fleet.start_hour, low=0, high=24, high_open=True)
+    _check("fleet.failure_rate", fleet.failure_rate, low=0, high=1)
+    if fleet.trace is not None:
+        read_trace(fleet.trace)  # refuses a missing or malformed trace, naming the row
+    for name, conditions in fleet.classes.items():
+        key = f"fleet.classes.{name}"
+        _require(
+            name in cfg.device_classes,
+            f"unknown device class {name!r} in fleet.classes; valid choices: "
+            f"{', '.join(sorted(cfg.device_classes))}",
+        )
+        _check(f"{key}.mid_training_failure", conditions.mid_training_failure, low=0, high=1)
+        availability = conditions.availability
+        if availability is not None:
+            for window in availability.online_hours:
+                ok = (
+                    len(window) == 2
+                    and all(isinstance(h, int | float) and math.isfinite(h) for h in window)
+                    and 0 <= window[0] < window[1] <= window[0] + 24
+                )
+                _require(
+                    ok,
+                    f"{key}.availability.online_hours: each window must be [start, end] hours "
+                    f"with 0 <= start < end <= start + 24, got {list(window)!r}",
+                )
+            _check(f"{key}.availability.jitter_h", availability.jitter_h, low=0, high=12)
+            _check(
+                f"{key}.availability.mean_online_s",
+                availability.mean_online_s,
+                low=0,
+                low_open=True,
+            )
+            _check(f"{key}.availability.mean_offline_s", availability.mean_offline_s, low=0)
+        link = conditions.link
+        if link is not None:
+            for part in ("uplink_kbps", "downlink_kbps", "latency_ms"):
+                _check(f"{key}.link.{part}.median", getattr(link, part).median, low=0)
+                _check(f"{key}.link.{part}.sigma", getattr(link, part).sigma, low=0, high=5)
+            _check(f"{key}.link.break_probability", link.break_probability, low=0, high=1)
+        battery = conditions.battery
+        if battery is not None:
+            _check(f"{key}.battery.min_level", battery.min_level, low=0, high=1)
+            _check(f"{key}.battery.drain_per_hour", battery.drain_per_hour, low=0)
+            _check(f"{key}.battery.drain_per_training", battery.drain_per_training, low=0)
+            _check(f"{key}.battery.max_start_shortfall", battery.max_start_shortfall, low=0, high=1)
+
+
+def _validate_rounds(cfg: DictConfig | Config) -> None:
+    rounds = cfg.rounds
+    for key, value, choices in (
+        ("mode", rounds.mode, RoundMode),
+        ("late_updates", rounds.late_updates, LateUpdates),
+        ("partial_updates", rounds.partial_updates, PartialUpdates),
+    ):
+        valid = [c.value for c in choices]
+        _require(value in valid, f"rounds.{key} must be one of {', '.join(valid)}, got {value!r}")
+    _check("rounds.timeout_s", rounds.timeout_s, low=0, low_open=True)
+    _check("rounds.deadline_s", rounds.deadline_s, low=0, low_open=True)
+    num_devices = cfg.scenario.num_devices
+    _check_fleet_count("rounds.target_replies", rounds.target_replies, num_devices, optional=True)
+    _check("rounds.over_selection", rounds.over_selection, low=1)
+    _check("rounds.max_staleness", rounds.max_staleness, low=0)
+    _check("rounds.staleness_exponent", rounds.staleness_exponent, low=0)
+    _check("rounds.max_wait_s", rounds.max_wait_s, low=0)
+    _check("rounds.buffer_size", rounds.buffer_size, low=1)
+    _check("rounds.concurrency", rounds.concurrency, low=1, optional=True)
+    if rounds.mode != RoundMode.FEDBUFF.value:
+        return
+    # Bounds that only bind where FedBuff uses them (smart_home's 6 devices and a default
+    # buffer of 10 are fine under sync rounds).
+    _check_fleet_count("rounds.buffer_size", rounds.buffer_size, num_devices)
+    _check_fleet_count(
+        "rounds.concurrency",
+        rounds.concurrency,
+        num_devices,
+        low=rounds.buffer_size,
+        optional=True,
+        hint=": FedBuff needs at least buffer_size devices training at once",
+    )
+
+
+def _check_fleet_count(
+    key: str, value: object, num_devices: int, low: int = 1, optional: bool = False, hint: str = ""
+) -> None:
+    """A count of devices: in ``[low, num_devices]``."""
+    _check(
+        key,
+        value,
+        low=low,
+        high=num_devices,
+        high_name=f"scenario.num_devices={num_devices}",
+        optional=optional,
+        hint=hint,
+    )
+
+
 def _validate_device_mix(cfg: DictConfig | Config) -> None:
     mix = cfg.scenario.device_mix
     known = sorted(cfg.device_classes)
@@ -442,6 +548,8 @@ def validate_strategy_options(
 
 def _refuse_unknown_keys(node: DictConfig, path: str) -> None:
     """Refuse keys that the dataclass behind ``node`` (and behind each sub-node) does not have."""
+    if node._is_none():
+        return
     schema = OmegaConf.get_type(node)
     if dataclasses.is_dataclass(schema):
         known = [f.name for f in dataclasses.fields(schema)]

@@ -40,6 +40,15 @@ class TrainingDeclinedError(RuntimeError):
     """The device's trainer refused this round (for example, its privacy budget is spent)."""
 
 
+class WentOfflineError(RuntimeError):
+    """The simulated device went offline partway through its training (:data:`P.CUTOFF_STEPS`)."""
+
+
+PARTIAL_ARRAYS = "fleet.partial-update"
+PARTIAL_INFO = "fleet.partial-update-info"
+"""Keys of the partial update a device keeps in its state after going offline mid-training."""
+
+
 @dataclass(frozen=True)
 class DeviceClassRuntime:
     """A device class's settings, read from the config once per process rather than per message."""
@@ -161,12 +170,21 @@ def fresh_model(run: RunContext, arrays: ArrayRecord | None = None) -> nn.Module
 def train_settings(
     run: RunContext, device: Device, server_round: int, config: ConfigRecord
 ) -> TrainSettings:
-    """The local training settings of ``device``: its class budget plus the scenario optimiser."""
-    return replace(
+    """The local training settings of ``device``: its class budget plus the scenario optimiser.
+
+    A simulated cut-off (:data:`P.CUTOFF_STEPS`) lowers the step budget to the steps the device
+    completes before it goes offline.
+    """
+    settings = replace(
         run.device_classes[device.device_class].settings,
         proximal_mu=float(config.get(P.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
         seed=device_seed(run.cfg.seed, device.device_id, server_round),
     )
+    cutoff = config.get(P.CUTOFF_STEPS)
+    if isinstance(cutoff, int) and not isinstance(cutoff, bool):
+        budget = settings.max_steps if settings.max_steps is not None else cutoff
+        settings = replace(settings, max_steps=max(0, min(budget, cutoff)))
+    return settings
 
 
 def attack_of(run: RunContext, device: Device) -> Attack | None:
@@ -251,6 +269,9 @@ def train_on_device(
     global_arrays: ArrayRecord = content[P.ARRAYS]  # type: ignore[assignment]
     config: ConfigRecord = content.get(P.CONFIG, ConfigRecord())  # type: ignore[assignment]
     server_round = int(config.get(P.SERVER_ROUND, 0))  # type: ignore[arg-type]
+    partial = take_partial_update(state)
+    if partial is not None and config.get(P.PARTIAL_UPDATES) == "use":
+        return RecordDict({**partial, P.DEVICE: device_record(device)})
     attack = attack_of(run, device)
     rng = np.random.default_rng(device_seed(run.cfg.seed, device_id, server_round))
     local, report = local_update(run, device, global_arrays, config, state, attack, rng)
@@ -266,6 +287,12 @@ def train_on_device(
         )
         local, num_examples = attacked.arrays, attacked.num_examples
     relative_speed = run.device_classes[device.device_class].relative_speed
+    cutoff = config.get(P.CUTOFF_STEPS)
+    if isinstance(cutoff, int) and not isinstance(cutoff, bool):
+        keep_partial_update(state, local, num_examples, report, server_round)
+        raise WentOfflineError(
+            f"device {device_id} went offline after {report.steps} of its local steps"
+        )
     metrics: dict[str, Any] = {
         P.NUM_EXAMPLES: num_examples,
         P.TRAIN_LOSS: report.loss,
@@ -279,6 +306,50 @@ def train_on_device(
             P.METRICS: MetricRecord(metrics),
             P.TRAINER: ConfigRecord({k: float(v) for k, v in report.metrics.items()}),
             P.DEVICE: device_record(device),
+        }
+    )
+
+
+def keep_partial_update(
+    state: RecordDict,
+    arrays: dict[str, np.ndarray],
+    num_examples: int,
+    report: TrainReport,
+    server_round: int,
+) -> None:
+    """Keep a partial update in the device's state, to offer when it is next asked."""
+    state[PARTIAL_ARRAYS] = ArrayRecord(
+        {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}
+    )
+    state[PARTIAL_INFO] = MetricRecord(
+        {
+            P.NUM_EXAMPLES: num_examples,
+            P.TRAIN_LOSS: report.loss if np.isfinite(report.loss) else 0.0,
+            P.TRAIN_STEPS: report.steps,
+            P.WALL_TIME: report.wall_time_s,
+            P.COMPUTE_TIME: report.wall_time_s,
+            P.BASE_ROUND: server_round,
+        }
+    )
+
+
+def take_partial_update(state: RecordDict) -> RecordDict | None:
+    """The reply records of the kept partial update (removed from the state), or ``None``."""
+    if PARTIAL_ARRAYS not in state or PARTIAL_INFO not in state:
+        return None
+    arrays = state.pop(PARTIAL_ARRAYS)
+    info = state.pop(PARTIAL_INFO)
+    assert isinstance(arrays, ArrayRecord) and isinstance(info, MetricRecord)
+    values = dict(info.items())
+    base_round = int(values.pop(P.BASE_ROUND))  # type: ignore[arg-type]
+    return RecordDict(
+        {
+            P.ARRAYS: arrays,
+            P.METRICS: MetricRecord(values),
+            P.TRAINER: ConfigRecord(),
+            P.UPDATE: ConfigRecord(
+                {P.BASE_ROUND: base_round, P.PARTIAL_STEPS: int(values[P.TRAIN_STEPS])}  # type: ignore[arg-type]
+            ),
         }
     )
 

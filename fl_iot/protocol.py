@@ -42,8 +42,30 @@ DEVICE_CLASS = "device-class"
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
 
+UPDATE = "update"
+"""ConfigRecord of a train reply that offers a partial update: ``base-round``, ``partial-steps``.
+
+A ConfigRecord, not metrics: Flower's strategies refuse replies whose MetricRecords differ in keys.
+"""
+BASE_ROUND = "base-round"
+PARTIAL_STEPS = "partial-steps"
+
+CUTOFF_STEPS = "fleet-cutoff-steps"
+"""Train config of the simulated fleet: the device goes offline after this many local steps.
+
+Only the simulated clock sets it (:mod:`fl_iot.schedule`); a real device loses power or signal
+by itself. The device keeps the partial update in its state.
+"""
+PARTIAL_UPDATES = "partial-updates"
+"""Train config: ``use`` lets a device with a kept partial update reply with it instead of
+training afresh (the server re-bases and staleness-weights it); absent or ``drop``: discard it."""
+
 DECLINED_ERROR_CODE = 4201
 """Error code of a train reply from a device that declined to train (e.g. privacy budget spent)."""
+
+OFFLINE_ERROR_CODE = 4202
+"""Error code a simulated device replies with when it went offline mid-training (a real one is
+simply never heard from; the simulation needs the reply to free its worker)."""
 
 ROLL_CALL = "query.roll_call"
 """Message type of the roll call that maps Flower node ids to device ids."""

@@ -18,7 +18,11 @@ class RoundRecord:
     ``device_class`` and ``attacker`` (from the federation), the numbers of the device's train
     reply, ``eval_loss``, and what went wrong: ``error`` / ``eval_error`` (the type and message of
     an error reply), ``missing`` (sampled, no reply), ``ignored`` / ``eval_ignored`` (why the
-    reply's claims were not recorded or pooled: a spoof, malformed content).
+    reply's claims were not recorded or pooled: a spoof, malformed content), and the device's
+    part on the simulated clock (:class:`fl_iot.schedule.DeviceRound`: ``online``, ``outcome``,
+    ``bytes_down``/``bytes_up``, ``sent_s``, ``download_s``, ``compute_s``, ``upload_s``,
+    ``arrival_s``, ``staleness``). ``fleet`` holds the round's simulated ``clock_s`` at its close,
+    its duration, the count of each outcome and the bytes moved.
     """
 
     round: int
@@ -38,6 +42,7 @@ class RoundRecord:
     strategy: dict[str, Any] = field(default_factory=dict)
     detection: dict[str, float] = field(default_factory=dict)
     privacy: dict[str, float] = field(default_factory=dict)
+    fleet: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

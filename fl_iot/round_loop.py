@@ -39,9 +39,12 @@ from flwr.serverapp.strategy import Strategy
 from clients.privacy.reporting import privacy_summary
 from fl_iot import protocol as P
 from fl_iot.federation import Federation
+from fl_iot.fleet import DeviceOutcome, ideal_fleet
 from fl_iot.metrics import scores
 from fl_iot.records import RoundRecord, RoundSink
 from fl_iot.roster import DeviceOrderedGrid, Roster
+from fl_iot.rounds import RoundsConfig
+from fl_iot.schedule import Collected, RoundScheduler
 from strategies import answered_node, bounded_quantity, sent_destinations
 from strategies.report import RoundReport
 from strategies.validation import claimed_device
@@ -85,6 +88,19 @@ def central_privacy_spent(strategy: Strategy) -> dict[str, float]:
     return figures
 
 
+def report_outcomes(strategy: Strategy, server_round: int, outcomes: dict[int, str]) -> None:
+    """Tell a strategy what became of the devices it asked that it gets no update from.
+
+    ``outcomes`` maps node ids to ``late``, ``failed`` or ``offline``. fl-iot's strategies
+    (``observe_outcomes``) then record these in their reliability history instead of inferring
+    lateness from the replies, which only a synchronous round allows; Flower's strategies keep
+    no history and have no such method.
+    """
+    observe = getattr(strategy, "observe_outcomes", None)
+    if callable(observe):
+        observe(server_round, outcomes)
+
+
 class Answer(NamedTuple):
     """A reply and the node it answers (the destination of the message it replies to)."""
 
@@ -124,6 +140,7 @@ class RoundLoop:
     train_config: ConfigRecord = field(default_factory=ConfigRecord)
     evaluate_config: ConfigRecord = field(default_factory=ConfigRecord)
     eval_weight_cap: float = EVAL_WEIGHT_CAP
+    scheduler: RoundScheduler | None = None
     _logged_errors: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -161,20 +178,27 @@ class RoundLoop:
     def _train(
         self, grid: Grid, server_round: int, arrays: ArrayRecord, record: RoundRecord
     ) -> ArrayRecord:
+        scheduler = self._scheduler()
+        scheduler.open_round(scheduler.devices_needed())
         self._seed_sampling(server_round, 0)
         messages = list(
             self.strategy.configure_train(server_round, arrays, self.train_config.copy(), grid)
         )
-        answers = self._send(grid, messages)
-        replies = [a.reply for a in answers]
-        record.sampled = len(messages)
-        record.replied = sum(1 for r in replies if not r.has_error())
+        plan = scheduler.plan(server_round, messages, arrays)
+        answers = self._send(grid, plan.to_send)
+        collected = scheduler.collect(server_round, plan, answers)
+        report_outcomes(self.strategy, server_round, collected.unanswered)
+        replies = collected.replies
+        fresh = [a.reply for a in answers]
+        record.sampled = plan.selected
+        record.replied = sum(1 for r in fresh if not r.has_error())
         record.declined = sum(
-            1 for r in replies if r.has_error() and r.error.code == P.DECLINED_ERROR_CODE
+            1 for r in fresh if r.has_error() and r.error.code == P.DECLINED_ERROR_CODE
         )
-        record.failed = sum(1 for r in replies if r.has_error()) - record.declined
-        record.missing = len(messages) - len(answers)
-        self._record_train_replies(server_round, messages, answers, record)
+        record.failed = sum(1 for r in fresh if r.has_error()) - record.declined
+        record.missing = len(plan.to_send) - len(answers)
+        self._record_train_replies(server_round, plan.to_send, answers, record)
+        self._record_fleet(record, collected, plan.opened_s)
         try:
             with forced_gc_suppressed():
                 new_arrays, _ = self.strategy.aggregate_train(server_round, replies)
@@ -216,6 +240,34 @@ class RoundLoop:
         if new_arrays is None:
             return arrays
         return new_arrays
+
+    def _scheduler(self) -> RoundScheduler:
+        if self.scheduler is None:
+            devices = [
+                d for n in self.roster.node_ids() if (d := self.roster.device_of(n)) is not None
+            ]
+            self.scheduler = RoundScheduler(
+                ideal_fleet(devices), RoundsConfig(), self.roster, self.seed
+            )
+        return self.scheduler
+
+    def _record_fleet(self, record: RoundRecord, collected: Collected, opened_s: float) -> None:
+        """The round's simulated times and outcome counts, and each device's part in it."""
+        outcomes = [entry.outcome for entry in collected.devices.values()]
+        record.fleet = {
+            "clock_s": collected.closed_s,
+            "opened_s": opened_s,
+            "round_duration_s": collected.closed_s - opened_s,
+            **{o.value: float(outcomes.count(o.value)) for o in DeviceOutcome},
+            "stale_used": float(collected.stale_used),
+            "bytes_down": float(sum(e.bytes_down for e in collected.devices.values())),
+            "bytes_up": float(sum(e.bytes_up for e in collected.devices.values())),
+        }
+        for device, entry in collected.devices.items():
+            record.devices.setdefault(str(device), {}).update(entry.to_dict())
+            if "device_class" not in record.devices[str(device)]:
+                record.devices[str(device)]["device_class"] = self.federation[device].device_class
+                record.devices[str(device)]["attacker"] = self.federation[device].attacker
 
     def _evaluate(
         self, grid: Grid, server_round: int, arrays: ArrayRecord, record: RoundRecord

@@ -16,17 +16,20 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fl_iot.budgets import check_device_memory
 from fl_iot.config import devices_per_round, to_container
 from fl_iot.device_runtime import RunContext, fresh_model, run_context
 from fl_iot.errors import ConfigError
+from fl_iot.fleet import build_fleet
 from fl_iot.metrics import evaluate_model, scores
 from fl_iot.models import count_parameters
 from fl_iot.records import RunStatus, RunSummary
 from fl_iot.roster import Roster, take_roll_call
 from fl_iot.round_loop import CentralEvaluation, RoundLoop
+from fl_iot.rounds import RoundsConfig
+from fl_iot.schedule import RoundScheduler
 from fl_iot.tracking import History, RunInfo, build_sinks, package_versions, summarize
 from strategies.central_dp import CentralDP
 
@@ -81,6 +84,20 @@ def give_roster(strategy: Strategy, roster: Roster) -> None:
     setter = getattr(strategy, "set_roster", None)
     if callable(setter):
         setter(roster.device_keys())
+
+
+def build_scheduler(run: RunContext, roster: Roster) -> RoundScheduler:
+    """The fleet on its simulated clock and the round mode (``cfg.fleet``, ``cfg.rounds``)."""
+    federation = run.federation
+    fleet = build_fleet(
+        run.cfg,
+        [federation[d].device_class for d in range(len(federation))],
+        [len(run.data.device_split(d)[0]) for d in range(len(federation))],
+    )
+    rounds = OmegaConf.to_object(run.cfg.rounds)
+    if not isinstance(rounds, RoundsConfig):  # composed without the structured schema
+        rounds = RoundsConfig(**OmegaConf.to_container(run.cfg.rounds))  # type: ignore[arg-type]
+    return RoundScheduler(fleet, rounds, roster, int(run.cfg.seed))
 
 
 def initial_arrays(run: RunContext) -> ArrayRecord:
@@ -141,6 +158,7 @@ def run_server(
     try:
         roster = take_roll_call(grid, len(run.federation), cfg.engine.round_timeout_s)
         give_roster(strategy, roster)
+        scheduler = build_scheduler(run, roster)
         setup_s = time.perf_counter() - started
         loop = RoundLoop(
             grid=grid,
@@ -153,6 +171,7 @@ def run_server(
             round_timeout_s=cfg.engine.round_timeout_s,
             central_evaluation=central_evaluator(run) if cfg.scenario.central_evaluation else None,
             sinks=sinks,
+            scheduler=scheduler,
         )
         rounds_started = time.perf_counter()
         arrays, initial = loop.run(arrays)

@@ -23,7 +23,7 @@ from strategies.ledger import (
     round_report,
     validate_sampling,
 )
-from strategies.reliability import ReliabilityTracker
+from strategies.reliability import Outcome, ReliabilityTracker
 from strategies.report import (
     DeviceReport,
     RoundReport,
@@ -206,6 +206,17 @@ class AnomalyRejection(Strategy):
         if callable(setter):
             setter(roster)
 
+    def observe_outcomes(self, server_round: int, outcomes: Mapping[int, str]) -> None:
+        """What became of the nodes asked in ``server_round`` that sent no update.
+
+        See :meth:`strategies.ledger.RoundLedger.observe_outcomes`; passed on to the wrapped
+        strategy when it has an ``observe_outcomes`` too.
+        """
+        self._ledger.observe_outcomes(server_round, outcomes)
+        observe = getattr(self.strategy, "observe_outcomes", None)
+        if callable(observe):
+            observe(server_round, outcomes)
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -246,8 +257,9 @@ class AnomalyRejection(Strategy):
                 server_round,
                 self.thresholds,
             )
-        late = self._ledger.late(server_round, replies, self.roster)
-        self._record_history(server_round, parsed, scores, rejections, late, agreement)
+        unanswered = self._ledger.unanswered(server_round, replies, self.roster)
+        late = list(unanswered)
+        self._record_history(server_round, parsed, scores, rejections, unanswered, agreement)
         if isinstance(inner, ScoredAggregation) and spec is not None:
             inner.receive_scored(
                 server_round,
@@ -405,7 +417,7 @@ class AnomalyRejection(Strategy):
         parsed: list[ParsedReply],
         scores: AnomalyScores,
         rejections: list[Rejection],
-        late: list[str],
+        unanswered: Mapping[str, Outcome],
         quality_z: np.ndarray,
     ) -> None:
         share = history_anomaly(scores.score).tolist()
@@ -414,7 +426,7 @@ class AnomalyRejection(Strategy):
             (p.device, share[i], z[i]) for i, p in enumerate(parsed) if not scores.rejected[i]
         ]
         directions = {p.device: z[i] for i, p in enumerate(parsed)}
-        record_round(self.tracker, server_round, completed, rejections, late, directions)
+        record_round(self.tracker, server_round, completed, rejections, unanswered, directions)
 
     def _report(
         self,

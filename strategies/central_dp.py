@@ -164,6 +164,12 @@ class CentralDP(Strategy):
         if callable(setter):
             setter(roster)
 
+    def observe_outcomes(self, server_round: int, outcomes: Mapping[int, str]) -> None:
+        """Pass what became of unanswered nodes on to the wrapped strategy if it asks."""
+        observe = getattr(self.strategy, "observe_outcomes", None)
+        if callable(observe):
+            observe(server_round, outcomes)
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:

@@ -37,6 +37,15 @@ from strategies.validation import (
 KEEP_ROUNDS = 32
 """Rounds whose sent-message metadata and reports are kept in memory."""
 
+REPORTED_OUTCOME = {
+    "late": Outcome.LATE,
+    "offline": Outcome.LATE,
+    "failed": Outcome.FAILED,
+}
+"""The tracker outcome of each outcome a round driver reports for a device it got nothing from.
+A device found offline counts like one that did not answer in time: both say more about the
+fleet than about the device's honesty."""
+
 TRACKER_OUTCOME = {
     RejectionKind.FAILED: Outcome.FAILED,
     RejectionKind.MALFORMED: Outcome.MALFORMED,
@@ -69,6 +78,7 @@ class RoundLedger:
         self.sent = Outbox(keep_rounds)
         self.sent_evaluate = Outbox(keep_rounds)
         self._reports: OrderedDict[int, RoundReport] = OrderedDict()
+        self._outcomes: OrderedDict[int, dict[int, str]] = OrderedDict()
         self._keep = keep_rounds
 
     def train_sent(
@@ -126,13 +136,51 @@ class RoundLedger:
             log(INFO, "aggregate_evaluate: ignored node %d: %s", node, reason)
         return kept
 
-    def late(
+    def observe_outcomes(self, server_round: int, outcomes: Mapping[int, str]) -> None:
+        """Take what the round driver says became of the nodes it got no update from.
+
+        ``outcomes`` maps node ids to ``late``, ``offline`` or ``failed``
+        (:data:`REPORTED_OUTCOME`). Given for a round, they replace the inference of
+        :meth:`unanswered`, which holds only for synchronous rounds: under deadlines and buffered
+        aggregation a device asked this round may still be training, and its update may be
+        aggregated rounds later.
+
+        Raises
+        ------
+        ValueError
+            For an outcome not in :data:`REPORTED_OUTCOME`.
+        """
+        for node, outcome in outcomes.items():
+            if outcome not in REPORTED_OUTCOME:
+                raise ValueError(
+                    f"outcome of node {node} must be one of {sorted(REPORTED_OUTCOME)}, "
+                    f"got {outcome!r}"
+                )
+        self._outcomes[server_round] = {int(n): str(o) for n, o in outcomes.items()}
+        while len(self._outcomes) > self._keep:
+            self._outcomes.popitem(last=False)
+
+    def unanswered(
         self, server_round: int, replies: Iterable[Message], roster: Mapping[int, str] | None
-    ) -> list[str]:
-        """Devices asked to train in ``server_round`` whose node sent nothing back."""
-        return late_devices(
-            self.sent.nodes(server_round), replies, self.sent.sent(server_round), roster
-        )
+    ) -> dict[str, Outcome]:
+        """Devices asked that this aggregation has nothing from, with their tracker outcome.
+
+        As reported (:meth:`observe_outcomes`), else inferred: every device asked to train in
+        ``server_round`` whose node sent nothing back is late.
+        """
+        replies = list(replies)
+        sent = self.sent.sent(server_round)
+        reported = self._outcomes.pop(server_round, None)
+        if reported is None:
+            late = late_devices(self.sent.nodes(server_round), replies, sent, roster)
+            return {device: Outcome.LATE for device in late}
+        answered = {node_of(m, sent) for m in replies}
+        found = {
+            device: REPORTED_OUTCOME[outcome]
+            for node, outcome in reported.items()
+            if node not in answered and (device := roster_device(node, roster)) is not None
+        }
+        return dict(sorted(found.items(), key=lambda kv: device_order(kv[0])))
 
     def store_report(self, server_round: int, report: RoundReport) -> None:
         """Keep the report of ``server_round`` (the last :data:`KEEP_ROUNDS` rounds)."""
@@ -156,14 +204,15 @@ def record_round(
     server_round: int,
     completed: Sequence[tuple[str, float, float]],
     rejections: Iterable[Rejection],
-    late: Iterable[str],
+    unanswered: Mapping[str, Outcome],
     direction: Mapping[str, float],
 ) -> None:
     """Record a round's outcomes in the reliability history.
 
     ``completed`` holds ``(device, anomaly share, direction z)`` of every aggregated reply;
     a rejected device is recorded with :data:`TRACKER_OUTCOME` of its kind and its direction
-    z-score where it was scored (``direction``); a late one as late.
+    z-score where it was scored (``direction``); an unanswered one with its outcome
+    (:meth:`RoundLedger.unanswered`).
     """
     for device, share, z in completed:
         tracker.observe(device, server_round, Outcome.COMPLETED, share, z)
@@ -172,8 +221,8 @@ def record_round(
             continue  # a node outside the roster is no device: nothing to remember
         outcome = TRACKER_OUTCOME[r.kind]
         tracker.observe(r.device, server_round, outcome, direction=direction.get(r.device))
-    for device in late:
-        tracker.observe(device, server_round, Outcome.LATE)
+    for device, outcome in unanswered.items():
+        tracker.observe(device, server_round, outcome)
 
 
 def round_report(

@@ -232,6 +232,13 @@ class ReliabilityWeightedFedAvg(FedAvg):
         """
         self.roster = check_roster(roster)
 
+    def observe_outcomes(self, server_round: int, outcomes: Mapping[int, str]) -> None:
+        """What became of the nodes asked in ``server_round`` that sent no update.
+
+        See :meth:`strategies.ledger.RoundLedger.observe_outcomes`.
+        """
+        self._ledger.observe_outcomes(server_round, outcomes)
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -317,12 +324,15 @@ class ReliabilityWeightedFedAvg(FedAvg):
             metrics = self._aggregate_metrics(parsed, raw)
         # With a wrapper in front, the replies here are only the accepted ones: lateness and
         # history are the wrapper's to record, or every rejected device would look late.
-        late = self._ledger.late(server_round, replies, self.roster) if handoff is None else []
+        unanswered = (
+            self._ledger.unanswered(server_round, replies, self.roster) if handoff is None else {}
+        )
+        late = list(unanswered)
         if handoff is None:
             z = direction_z.tolist()
             completed = [(p.device, 0.0, z[i]) for i, p in enumerate(parsed)]
             directions = {p.device: z[i] for i, p in enumerate(parsed)}
-            record_round(self.tracker, server_round, completed, rejections, late, directions)
+            record_round(self.tracker, server_round, completed, rejections, unanswered, directions)
         self._ledger.store_report(
             server_round,
             self._report(

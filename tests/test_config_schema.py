@@ -118,6 +118,12 @@ TOO_BIG = {
     "scenario.optimizer.momentum": 1.0,
     "attack.fraction": 1.5,
     "privacy.central.delta": 1.0,
+    "fleet.start_hour": 24,
+    "fleet.failure_rate": 1.5,
+    "fleet.classes.wearable.mid_training_failure": 1.5,
+    "fleet.classes.wearable.link.break_probability": 1.5,
+    "fleet.classes.wearable.battery.min_level": 1.5,
+    "fleet.classes.wearable.availability.jitter_h": 13,
 }
 
 
@@ -133,8 +139,9 @@ def bad_values(key: str, kind: type) -> list[object]:
 
 
 def central_dp_config() -> DictConfig:
-    # Central DP's fields only matter (and noise_multiplier is only set) with privacy=central_dp.
-    return compose("privacy=central_dp")
+    # Central DP's fields only matter (and noise_multiplier is only set) with privacy=central_dp,
+    # and the fleet's per-class conditions with fleet=realistic.
+    return compose("privacy=central_dp", "fleet=realistic")
 
 
 def test_the_sweep_reaches_every_part_of_the_schema():
@@ -152,6 +159,9 @@ def test_the_sweep_reaches_every_part_of_the_schema():
         "privacy.central.clipping_norm",
         "attack.fraction",
         "engine.round_timeout_s",
+        "fleet.classes.wearable.link.uplink_kbps.sigma",
+        "fleet.classes.smartphone.battery.drain_per_hour",
+        "rounds.max_staleness",
     } <= keys
     assert len(keys) > 60
 
