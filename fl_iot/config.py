@@ -382,6 +382,8 @@ def _validate_fleet(cfg: DictConfig | Config) -> None:
     _check("fleet.step_time_s", fleet.step_time_s, low=0)
     _check("fleet.start_hour", fleet.start_hour, low=0, high=24, high_open=True)
     _check("fleet.failure_rate", fleet.failure_rate, low=0, high=1)
+    _check("fleet.flaky_fraction", fleet.flaky_fraction, low=0, high=1)
+    _check("fleet.flaky_failure_rate", fleet.flaky_failure_rate, low=0, high=1)
     if fleet.trace is not None:
         read_trace(fleet.trace)  # refuses a missing or malformed trace, naming the row
     for name, conditions in fleet.classes.items():

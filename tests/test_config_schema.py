@@ -120,6 +120,8 @@ TOO_BIG = {
     "privacy.central.delta": 1.0,
     "fleet.start_hour": 24,
     "fleet.failure_rate": 1.5,
+    "fleet.flaky_fraction": 1.5,
+    "fleet.flaky_failure_rate": 1.5,
     "fleet.classes.wearable.mid_training_failure": 1.5,
     "fleet.classes.wearable.link.break_probability": 1.5,
     "fleet.classes.wearable.battery.min_level": 1.5,

@@ -232,3 +232,20 @@ def test_the_generator_writes_a_scenario_trace(tmp_path):
     assert result.returncode == 0, result.stderr
     assert out.read_text().startswith("# synthetic")
     assert set(read_trace(out)) == set(range(6))
+
+
+def test_flaky_devices_are_a_seeded_share_that_fails_at_its_rate():
+    conditions = DeviceConditions(availability=ALWAYS)
+    cfg = FleetConfig(name="t", step_time_s=1.0, flaky_fraction=0.25, flaky_failure_rate=0.5)
+    cfg.classes = {"c": conditions}
+    devices = {d: FleetDevice("c", conditions, 10, 1.0) for d in range(40)}
+    fleet = FleetSimulator(cfg, devices, seed=3)
+
+    assert len(fleet.flaky) == 10
+    assert FleetSimulator(cfg, devices, seed=3).flaky == fleet.flaky
+    cut = {
+        d: np.mean([fleet.dispatch(d, r, 10.0 * r, 0).cutoff_steps is not None for r in range(400)])
+        for d in (min(fleet.flaky), min(set(devices) - fleet.flaky))
+    }
+    assert cut[min(fleet.flaky)] == pytest.approx(0.5, abs=0.07)
+    assert cut[min(set(devices) - fleet.flaky)] == 0.0

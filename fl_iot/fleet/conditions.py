@@ -101,7 +101,8 @@ class FleetConfig:
     ``trace``, when set, is a CSV availability trace (:mod:`fl_iot.fleet.trace`) that replaces
     every class's ``availability``. ``failure_rate`` makes that share of the dispatched devices
     fail at random mid-training in every round, on top of the classes' own conditions (the
-    dropout benchmark sets it).
+    dropout benchmark sets it). ``flaky_fraction`` of the devices (chosen by the seed) are flaky:
+    they also fail mid-training in ``flaky_failure_rate`` of their rounds.
     """
 
     name: str = "ideal"
@@ -109,6 +110,8 @@ class FleetConfig:
     start_hour: float = 8.0
     trace: str | None = None
     failure_rate: float = 0.0
+    flaky_fraction: float = 0.0
+    flaky_failure_rate: float = 0.5
     classes: dict[str, DeviceConditions] = field(default_factory=dict)
 
     @property
@@ -118,5 +121,6 @@ class FleetConfig:
             self.step_time_s == 0.0
             and self.trace is None
             and self.failure_rate == 0.0
+            and self.flaky_fraction == 0.0
             and all(c == DeviceConditions() for c in self.classes.values())
         )

@@ -26,7 +26,7 @@ from fl_iot.fleet.links import transfer
 RECHARGE_GAP_S = 3 * 3600.0
 """An offline gap this long (a night on the charger, a parked car) recharges a battery."""
 
-_AVAILABILITY, _DISPATCH, _ARRIVAL, _BATTERY = 1, 2, 3, 4
+_AVAILABILITY, _DISPATCH, _ARRIVAL, _BATTERY, _FLAKY = 1, 2, 3, 4, 5
 
 
 class DeviceOutcome(StrEnum):
@@ -100,8 +100,15 @@ class FleetSimulator:
     devices: Mapping[int, FleetDevice]
     seed: int
     trace: Mapping[int, list[tuple[float, float]]] | None = None
+    flaky: frozenset[int] = field(default=frozenset(), init=False)
     _timelines: dict[int, Timeline] = field(default_factory=dict, init=False, repr=False)
     _trainings: dict[int, list[float]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        devices = sorted(self.devices)
+        count = round(self.config.flaky_fraction * len(devices))
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, _FLAKY]))
+        self.flaky = frozenset(int(d) for d in rng.permutation(devices)[:count])
 
     def timeline(self, device: int) -> Timeline:
         """The device's online sessions (built on first use)."""
@@ -164,7 +171,10 @@ class FleetSimulator:
             )
         rng = _rng(self.seed, device, server_round, _DISPATCH)
         down = transfer(download_bytes, conditions.link, uplink=False, rng=rng)
-        fail_p = 1.0 - (1.0 - conditions.mid_training_failure) * (1.0 - self.config.failure_rate)
+        flaky_p = self.config.flaky_failure_rate if device in self.flaky else 0.0
+        fail_p = 1.0 - (1.0 - conditions.mid_training_failure) * (
+            1.0 - self.config.failure_rate
+        ) * (1.0 - flaky_p)
         fails_at = float(rng.random()) if rng.random() < fail_p else None
         base = _with(base, download_s=down.seconds)
         if down.broke or t + down.seconds > session_end:
