@@ -253,3 +253,20 @@ def test_fedbuff_needs_a_buffer_the_fleet_can_fill():
     ):
         compose_config(("scenario=smart_home", "rounds=fedbuff", "rounds.buffer_size=7"))
     compose_config(("scenario=smart_home", "rounds.buffer_size=7"))  # unused outside FedBuff
+
+
+def test_the_progress_line_and_wandb_show_the_simulated_clock():
+    from fl_iot.records import RoundRecord
+    from fl_iot.tracking.console import format_round
+    from fl_iot.tracking.wandb_sink import round_metrics
+
+    ideal = RoundRecord(1, 2, 1.0, 1.0, sampled=3, replied=3, fleet={"clock_s": 0.0})
+    simulated = RoundRecord(
+        1, 2, 1.0, 1.0, sampled=4, replied=2, fleet={"clock_s": 3725.0, "offline": 1.0, "late": 1.0}
+    )
+
+    assert format_round(ideal).endswith("| clients 3/3 replied | 1.0 s")
+    assert "| clients 2/4 replied, 1 offline, 1 late | simulated 1 h 02 min |" in format_round(
+        simulated
+    )
+    assert round_metrics(simulated)["fleet/clock_s"] == 3725.0

@@ -46,6 +46,15 @@ class ConsoleSink(Sink):
             log.error("run %s: %s", summary.status, summary.error)
 
 
+def _duration(seconds: float) -> str:
+    """``1 h 02 min``, ``3 min 05 s`` or ``12.3 s``."""
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    if seconds >= 60:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{seconds:.1f} s"
+
+
 def format_round(record: RoundRecord) -> str:
     """One progress line, e.g. ``[round 3/10] central acc 0.912 f1 0.713 loss 0.310 | ...``."""
     parts = [f"[round {record.round}/{record.num_rounds}]"]
@@ -64,7 +73,12 @@ def format_round(record: RoundRecord) -> str:
         clients += f", {record.missing} missing"
     if record.detection:
         clients += f", rejected {int(record.detection['rejected'])}"
+    for outcome in ("offline", "late"):
+        if record.fleet.get(outcome):
+            clients += f", {int(record.fleet[outcome])} {outcome}"
     parts.append("| " + clients)
+    if record.fleet.get("clock_s"):  # a simulated fleet: its clock at the round's close
+        parts.append(f"| simulated {_duration(record.fleet['clock_s'])}")
     if "epsilon-max" in record.privacy:
         parts.append(f"| local epsilon max {_fmt(record.privacy['epsilon-max'])}")
     if "central-epsilon" in record.privacy:
