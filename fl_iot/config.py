@@ -446,18 +446,18 @@ def _validate_rounds(cfg: DictConfig | Config) -> None:
     _check("rounds.max_staleness", rounds.max_staleness, low=0)
     _check("rounds.staleness_exponent", rounds.staleness_exponent, low=0)
     _check("rounds.max_wait_s", rounds.max_wait_s, low=0)
-    _check("rounds.buffer_size", rounds.buffer_size, low=1)
+    _check("rounds.buffer_size", rounds.buffer_size, low=1, optional=True)
     _check("rounds.concurrency", rounds.concurrency, low=1, optional=True)
     if rounds.mode != RoundMode.FEDBUFF.value:
         return
     # Bounds that only bind where FedBuff uses them (smart_home's 6 devices and a default
     # buffer of 10 are fine under sync rounds).
-    _check_fleet_count("rounds.buffer_size", rounds.buffer_size, num_devices)
+    _check_fleet_count("rounds.buffer_size", rounds.buffer_size, num_devices, optional=True)
     _check_fleet_count(
         "rounds.concurrency",
         rounds.concurrency,
         num_devices,
-        low=rounds.buffer_size,
+        low=rounds.buffer_size or 1,
         optional=True,
         hint=": FedBuff needs at least buffer_size devices training at once",
     )

@@ -14,9 +14,10 @@ Three modes, all driven by the one round loop (:mod:`fl_iot.round_loop`) on the 
     (``stale``), weighted by their staleness.
 ``fedbuff``
     Buffered asynchronous aggregation (Nguyen et al., AISTATS 2022): ``concurrency`` devices
-    train at once, each on the model version it received; the server aggregates as soon as
-    ``buffer_size`` updates are in, weighting each by its staleness, and hands the new model to
-    the next devices. A "round" is one aggregation.
+    (``None``: every available device) train at once, each on the model version it received;
+    the server aggregates as soon as ``buffer_size`` updates are in (``None``: the strategy's
+    sample size, a sync round's worth), weighting each by its staleness, and hands the new model
+    to the next devices. A "round" is one aggregation.
 
 A stale update (trained on the model of round ``r - s``) is re-based before any strategy sees it:
 ``current + (update - model_{r-s})``, so every strategy, ``trusted`` included, judges and averages
@@ -73,7 +74,7 @@ class RoundsConfig:
     max_staleness: int = 4
     staleness_exponent: float = 0.5
     concurrency: int | None = None
-    buffer_size: int = 10
+    buffer_size: int | None = None
     max_wait_s: float = 7 * 86_400.0
 
 

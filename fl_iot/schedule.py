@@ -194,9 +194,9 @@ class RoundScheduler:
         chosen: list[tuple[Message, int]] = []
         target = self.config.target_replies or len(messages)
         if mode == RoundMode.FEDBUFF:
-            target = self.config.buffer_size
+            target = self.config.buffer_size or len(messages)
             busy = sum(1 for b in self.busy_until.values() if b > t)
-            slots = self._concurrency(len(messages)) - busy
+            slots = (self.config.concurrency or len(self.devices())) - busy
         elif mode == RoundMode.DEADLINE:
             slots = over_selected(target, self.config.over_selection)
         else:
@@ -367,9 +367,6 @@ class RoundScheduler:
         }
 
     # -- helpers -----------------------------------------------------------------------------
-
-    def _concurrency(self, sample_size: int) -> int:
-        return self.config.concurrency or max(sample_size, self.config.buffer_size)
 
     def _node_of(self, device: int) -> int:
         for node, d in self.roster.node_to_device.items():
