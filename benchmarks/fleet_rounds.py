@@ -9,8 +9,8 @@ mean of the last three rounds ("final") or of a trailing three-round window (tim
     vehicle_fleet, 3 seeds. FedBuff's buffer is sync's round size and every available device
     trains at once; it runs as many rounds as it takes to aggregate as many updates as sync
     does. Reported: each mode's final accuracy, and the simulated and wall time at which its
-    trailing accuracy first reaches sync's final accuracy. Goal: FedBuff there in at most a third of sync's simulated time, and
-    its final accuracy within 1 point of sync's.
+    trailing accuracy first reaches sync's final accuracy. Goal: FedBuff there in at most a
+    third of sync's simulated time, and its final accuracy within 1 point of sync's.
 ``dropout``
     Every scenario, 3 seeds: ``fleet.failure_rate=0.5`` (half of the asked devices fail at random
     mid-training in every round) against the same run without failures, both on ``fleet=ideal``
