@@ -289,7 +289,7 @@ def train_on_device(
     relative_speed = run.device_classes[device.device_class].relative_speed
     cutoff = config.get(P.CUTOFF_STEPS)
     if isinstance(cutoff, int) and not isinstance(cutoff, bool):
-        keep_partial_update(state, local, num_examples, report, server_round)
+        keep_partial_update(state, local, num_examples, report, server_round, relative_speed)
         raise WentOfflineError(
             f"device {device_id} went offline after {report.steps} of its local steps"
         )
@@ -316,6 +316,7 @@ def keep_partial_update(
     num_examples: int,
     report: TrainReport,
     server_round: int,
+    relative_speed: float,
 ) -> None:
     """Keep a partial update in the device's state, to offer when it is next asked."""
     state[PARTIAL_ARRAYS] = ArrayRecord(
@@ -327,7 +328,7 @@ def keep_partial_update(
             P.TRAIN_LOSS: report.loss if np.isfinite(report.loss) else 0.0,
             P.TRAIN_STEPS: report.steps,
             P.WALL_TIME: report.wall_time_s,
-            P.COMPUTE_TIME: report.wall_time_s,
+            P.COMPUTE_TIME: report.wall_time_s / relative_speed,
             P.BASE_ROUND: server_round,
         }
     )

@@ -1,8 +1,13 @@
-"""The synchronous round loop: configure, send, aggregate, evaluate, report.
+"""The round loop: configure, send, aggregate, evaluate, report.
 
-This is the one place that drives rounds (later: deadlines, late updates, buffered aggregation).
-It calls the strategy's ``configure_*`` and ``aggregate_*`` like Flower's ``Strategy.start`` does,
-and adds what fl-iot needs around them:
+This is the one place that drives rounds, in every round mode. It calls the strategy's
+``configure_*`` and ``aggregate_*`` like Flower's ``Strategy.start`` does, and adds what fl-iot
+needs around them:
+
+- between the strategy's sample and the grid, the scheduler (:mod:`fl_iot.schedule`) decides on
+  the fleet's simulated clock whom to ask, when each update arrives and which updates the round
+  aggregates (``rounds=sync|deadline|fedbuff``); under ``fleet=ideal`` and ``rounds=sync`` it
+  asks exactly the sample and uses every reply;
 
 - every reply is charged to the node its message was sent to, and that node's device comes
   from the roll call, never from the reply (:func:`strategies.answered_node`); a reply that
