@@ -20,7 +20,8 @@ class RoundRecord:
     an error reply), ``missing`` (sampled, no reply), ``ignored`` / ``eval_ignored`` (why the
     reply's claims were not recorded or pooled: a spoof, malformed content), and the device's
     part on the simulated clock (:class:`fl_iot.schedule.DeviceRound`: ``online``, ``outcome``,
-    ``bytes_down``/``bytes_up``, ``sent_s``, ``download_s``, ``compute_s``, ``upload_s``,
+    ``bytes_down``/``bytes_up``, ``sent_s``, ``download_s``, ``started_s``, ``compute_s``,
+    ``finished_s``, ``upload_s``,
     ``arrival_s``, ``staleness``). ``fleet`` holds the round's simulated ``clock_s`` at its close,
     its duration, the count of each outcome and the bytes moved.
     """

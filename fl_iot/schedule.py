@@ -84,7 +84,9 @@ class DeviceRound:
     bytes_up: int = 0
     sent_s: float | None = None
     download_s: float | None = None
+    started_s: float | None = None  # training began (the download arrived)
     compute_s: float | None = None
+    finished_s: float | None = None  # training ended, or the device went offline
     upload_s: float | None = None
     arrival_s: float | None = None
     staleness: int | None = None
@@ -242,7 +244,13 @@ class RoundScheduler:
                 bytes_down=verdict.download_bytes if verdict.trains else 0,
                 sent_s=t,
                 download_s=verdict.download_s,
+                started_s=t + verdict.download_s if verdict.trains else None,
                 compute_s=verdict.compute_s if verdict.trains else None,
+                finished_s=(
+                    (verdict.quiet_s or t + verdict.download_s + verdict.compute_s)
+                    if verdict.trains
+                    else None
+                ),
             )
             devices[device] = entry
             quiet = quiet or verdict.quiet_s is not None

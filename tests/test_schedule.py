@@ -139,6 +139,13 @@ def test_a_partial_update_is_offered_later_and_used_stale(tmp_path):
         (r["round"], d) for r in records for d, e in r["devices"].items() if e.get("staleness")
     }
     assert cut and offered
+    for r in records:
+        for e in r["devices"].values():
+            if "started_s" in e:
+                assert e["started_s"] == pytest.approx(e["sent_s"] + e["download_s"])
+                went_off = e.get("reason") == "failed mid-training"
+                full = e["started_s"] + e["compute_s"]
+                assert e["finished_s"] < full if went_off else e["finished_s"] == full
     for server_round, device in offered:
         assert any(d == device and r < server_round for r, d in cut)
 
