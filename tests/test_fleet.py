@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 
@@ -220,32 +221,27 @@ def test_the_shipped_trace_is_synthetic_and_replays(tmp_path):
 
 def test_the_generator_writes_a_scenario_trace(tmp_path):
     out = tmp_path / "t.csv"
-    command = ["-m", "fl_iot.fleet", "--scenario", "smart_home", "--days", "1", "--out", str(out)]
+    command = ["-m", "fl_iot.fleet", "--days", "1", "--out", str(out)]  # bundled healthcare data
     result = subprocess.run(
-        [sys.executable, *command],
-        cwd=REPO_ROOT,
+        [sys.executable, *command], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert out.read_text().startswith("# synthetic")
+    assert set(read_trace(out)) == set(range(47))
+
+
+def test_the_generator_refuses_a_scenario_without_its_data_in_one_message(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "FL_IOT_DATA_ROOT"}
+    result = subprocess.run(
+        [sys.executable, "-m", "fl_iot.fleet", "--scenario", "smart_home", "--out", "x.csv"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,
         text=True,
         timeout=300,
     )
 
-    assert result.returncode == 0, result.stderr
-    assert out.read_text().startswith("# synthetic")
-    assert set(read_trace(out)) == set(range(6))
-
-
-def test_flaky_devices_are_a_seeded_share_that_fails_at_its_rate():
-    conditions = DeviceConditions(availability=ALWAYS)
-    cfg = FleetConfig(name="t", step_time_s=1.0, flaky_fraction=0.25, flaky_failure_rate=0.5)
-    cfg.classes = {"c": conditions}
-    devices = {d: FleetDevice("c", conditions, 10, 1.0) for d in range(40)}
-    fleet = FleetSimulator(cfg, devices, seed=3)
-
-    assert len(fleet.flaky) == 10
-    assert FleetSimulator(cfg, devices, seed=3).flaky == fleet.flaky
-    cut = {
-        d: np.mean([fleet.dispatch(d, r, 10.0 * r, 0).cutoff_steps is not None for r in range(400)])
-        for d in (min(fleet.flaky), min(set(devices) - fleet.flaky))
-    }
-    assert cut[min(fleet.flaky)] == pytest.approx(0.5, abs=0.07)
-    assert cut[min(set(devices) - fleet.flaky)] == 0.0
+    assert result.returncode == 2
+    assert "dataset 'occupancy' not found" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from fl_iot.fleet.trace import write_trace
@@ -18,14 +19,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
+    from hydra.errors import HydraException
+
     from fl_iot.device_runtime import run_context
+    from fl_iot.errors import FlIotError
     from fl_iot.fleet.build import build_fleet
     from fl_iot.run_config import compose_config
 
-    cfg = compose_config((f"scenario={args.scenario}", f"fleet={args.fleet}", f"seed={args.seed}"))
-    run = run_context(cfg)
-    classes = [device.device_class for device in run.federation.devices]
-    fleet = build_fleet(cfg, classes, [len(p) for p in run.data.partitions])
+    overrides = (f"scenario={args.scenario}", f"fleet={args.fleet}", f"seed={args.seed}")
+    try:
+        cfg = compose_config(overrides)
+        run = run_context(cfg)
+        classes = [device.device_class for device in run.federation.devices]
+        fleet = build_fleet(cfg, classes, [len(p) for p in run.data.partitions])
+    except (FlIotError, HydraException) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if fleet.trace is not None:
         parser.error("--fleet names a fleet that replays a trace; choose one that generates")
     horizon = args.days * 86_400.0
