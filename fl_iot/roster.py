@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -49,6 +50,18 @@ class Roster:
     def node_ids(self) -> list[int]:
         """Every node that answered the roll call, in device order."""
         return sorted(self.node_to_device, key=self.sort_key)
+
+    def device_ids(self) -> list[int]:
+        """Every device of the roster, in device order."""
+        return sorted(self.node_to_device.values())
+
+    def node_of(self, device_id: int) -> int:
+        """The node that serves ``device_id`` (a ``KeyError`` for a device off the roster)."""
+        return self._nodes_by_device[device_id]
+
+    @cached_property
+    def _nodes_by_device(self) -> dict[int, int]:
+        return {device: node for node, device in self.node_to_device.items()}
 
     def device_keys(self) -> dict[int, str]:
         """``{node_id: str(device_id)}``: the roster as the strategies key devices."""

@@ -248,11 +248,8 @@ class RoundLoop:
 
     def _scheduler(self) -> RoundScheduler:
         if self.scheduler is None:
-            devices = [
-                d for n in self.roster.node_ids() if (d := self.roster.device_of(n)) is not None
-            ]
             self.scheduler = RoundScheduler(
-                ideal_fleet(devices), RoundsConfig(), self.roster, self.seed
+                ideal_fleet(self.roster.device_ids()), RoundsConfig(), self.roster, self.seed
             )
         return self.scheduler
 
@@ -269,10 +266,7 @@ class RoundLoop:
             "bytes_up": float(sum(e.bytes_up for e in collected.devices.values())),
         }
         for device, entry in collected.devices.items():
-            record.devices.setdefault(str(device), {}).update(entry.to_dict())
-            if "device_class" not in record.devices[str(device)]:
-                record.devices[str(device)]["device_class"] = self.federation[device].device_class
-                record.devices[str(device)]["attacker"] = self.federation[device].attacker
+            self._device_entry(record, self.roster.node_of(device))[1].update(entry.to_dict())
 
     def _evaluate(
         self, grid: Grid, server_round: int, arrays: ArrayRecord, record: RoundRecord

@@ -150,15 +150,11 @@ class RoundScheduler:
         """The configured round mode."""
         return RoundMode(self.config.mode)
 
-    def devices(self) -> list[int]:
-        """Every device of the roster, in device order."""
-        return [d for n in self.roster.node_ids() if (d := self.roster.device_of(n)) is not None]
-
     def available(self, t: float) -> list[int]:
         """Devices online at ``t`` and not busy with an earlier round's training."""
         return [
             d
-            for d in self.devices()
+            for d in self.roster.device_ids()
             if self.fleet.online(d, t) and self.busy_until.get(d, -1.0) <= t
         ]
 
@@ -166,7 +162,7 @@ class RoundScheduler:
         """Available devices a round waits for before it opens (FedBuff: none while busy)."""
         if self.mode == RoundMode.FEDBUFF and self.pending:
             return 0
-        return min(self.config.target_replies or 1, len(self.devices()))
+        return min(self.config.target_replies or 1, len(self.roster.device_ids()))
 
     def open_round(self, needed: int) -> float:
         """Advance the clock until ``needed`` devices are available (at most ``max_wait_s``)."""
@@ -174,7 +170,7 @@ class RoundScheduler:
         limit = t + self.config.max_wait_s
         while len(self.available(t)) < needed and t < limit:
             waits = [b for b in self.busy_until.values() if b > t]
-            later = self.fleet.next_online(self.devices(), t)
+            later = self.fleet.next_online(self.roster.device_ids(), t)
             candidates = [c for c in [*waits, later] if c is not None and c > t]
             if not candidates:
                 break
@@ -198,7 +194,7 @@ class RoundScheduler:
         if mode == RoundMode.FEDBUFF:
             target = self.config.buffer_size or len(messages)
             busy = sum(1 for b in self.busy_until.values() if b > t)
-            slots = (self.config.concurrency or len(self.devices())) - busy
+            slots = (self.config.concurrency or len(self.roster.device_ids())) - busy
         elif mode == RoundMode.DEADLINE:
             slots = over_selected(target, self.config.over_selection)
         else:
@@ -225,7 +221,7 @@ class RoundScheduler:
             pool = [d for d in available if d in free]
             extra = rng.permutation(len(pool))[: slots - len(chosen)]
             for i in sorted(int(i) for i in extra):
-                chosen.append((_copy_to(messages[0], self._node_of(pool[i])), pool[i]))
+                chosen.append((_copy_to(messages[0], self.roster.node_of(pool[i])), pool[i]))
         to_send: list[Message] = []
         verdicts: dict[int, Dispatch] = {}
         sizes: dict[int, int] = {}
@@ -258,10 +254,13 @@ class RoundScheduler:
                 if verdict.quiet_s is not None:  # the download broke: gone until then
                     self.busy_until[device] = verdict.quiet_s
                 continue
+            directives: dict[str, int | str] = {}
             if verdict.cutoff_steps is not None:
-                message = _with_config(message, {P.CUTOFF_STEPS: verdict.cutoff_steps})
+                directives[P.CUTOFF_STEPS] = verdict.cutoff_steps
             if self.config.partial_updates == PartialUpdates.USE.value:
-                message = _with_config(message, {P.PARTIAL_UPDATES: PartialUpdates.USE.value})
+                directives[P.PARTIAL_UPDATES] = PartialUpdates.USE.value
+            if directives:
+                message = _with_config(message, directives)
             to_send.append(message)
             verdicts[message.metadata.dst_node_id] = verdict
         selected = len(devices) + sum(1 for _, device in chosen if device < 0)
@@ -355,7 +354,9 @@ class RoundScheduler:
         chosen.sort(key=lambda pair: self.roster.sort_key(pair[0]))
         self.clock_s = max(self.clock_s, closed)
         for device, entry in devices.items():
-            if entry.outcome == DeviceOutcome.OFFLINE.value and (node := self._node_of(device)):
+            if entry.outcome == DeviceOutcome.OFFLINE.value and (
+                node := self.roster.node_of(device)
+            ):
                 unanswered.setdefault(node, "offline")
         return Collected(
             replies=[reply for _, reply in chosen],
@@ -365,22 +366,7 @@ class RoundScheduler:
             stale_used=sum(1 for p in used if p.base_round != server_round),
         )
 
-    def state_dict(self) -> dict[str, Any]:
-        """The clock and the busy devices (pending replies are not checkpointed)."""
-        return {
-            "clock_s": self.clock_s,
-            "busy_until": {str(d): t for d, t in self.busy_until.items()},
-            "partial_rounds": {str(d): r for d, r in self.partial_rounds.items()},
-            "fleet": self.fleet.state_dict(),
-        }
-
     # -- helpers -----------------------------------------------------------------------------
-
-    def _node_of(self, device: int) -> int:
-        for node, d in self.roster.node_to_device.items():
-            if d == device:
-                return node
-        raise KeyError(device)
 
     def _base_round(self, device: int, server_round: int, reply: Message) -> int:
         """The round whose model the update was trained on (a partial update's is earlier)."""

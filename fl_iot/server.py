@@ -94,9 +94,11 @@ def build_scheduler(run: RunContext, roster: Roster) -> RoundScheduler:
         [federation[d].device_class for d in range(len(federation))],
         [len(run.data.device_split(d)[0]) for d in range(len(federation))],
     )
-    rounds = OmegaConf.to_object(run.cfg.rounds)
-    if not isinstance(rounds, RoundsConfig):  # composed without the structured schema
-        rounds = RoundsConfig(**OmegaConf.to_container(run.cfg.rounds))  # type: ignore[arg-type]
+    # The run's config is plain (run_context re-creates it from YAML): merge it into the schema.
+    rounds = OmegaConf.to_object(
+        OmegaConf.merge(OmegaConf.structured(RoundsConfig), run.cfg.rounds)
+    )
+    assert isinstance(rounds, RoundsConfig)
     return RoundScheduler(fleet, rounds, roster, int(run.cfg.seed))
 
 

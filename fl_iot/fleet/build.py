@@ -13,10 +13,8 @@ from fl_iot.fleet.trace import read_trace
 
 
 def fleet_config(cfg: DictConfig) -> FleetConfig:
-    """``cfg.fleet`` as the typed :class:`FleetConfig`."""
-    fleet = OmegaConf.to_object(cfg.fleet) if isinstance(cfg.fleet, DictConfig) else cfg.fleet
-    if isinstance(fleet, dict):  # composed without the structured schema
-        fleet = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FleetConfig), fleet))
+    """``cfg.fleet`` as the typed :class:`FleetConfig` (also from a config without the schema)."""
+    fleet = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FleetConfig), cfg.fleet))
     assert isinstance(fleet, FleetConfig)
     return fleet
 

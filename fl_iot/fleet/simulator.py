@@ -211,14 +211,6 @@ class FleetSimulator:
             return Arrival(device, DeviceOutcome.FAILED, upload_bytes, up.seconds, arrival, why)
         return Arrival(device, DeviceOutcome.ON_TIME, upload_bytes, up.seconds, arrival)
 
-    def state_dict(self) -> dict[str, list[float]]:
-        """The trainings each device ran (they drain batteries); timelines are regenerated."""
-        return {str(d): list(times) for d, times in self._trainings.items()}
-
-    def load_state_dict(self, state: Mapping[str, list[float]]) -> None:
-        """Restore :meth:`state_dict`."""
-        self._trainings = {int(d): [float(t) for t in times] for d, times in state.items()}
-
     def _build_timeline(self, device: int) -> Timeline:
         if self.trace is not None:
             return Timeline(self.trace.get(device, []))
