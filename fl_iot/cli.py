@@ -50,8 +50,11 @@ if TYPE_CHECKING:  # importing Flower here would slow down every bad-input error
     from flwr.app import ArrayRecord
 
 
-def run_study(cfg: DictConfig, output_dir: Path) -> dict[str, object]:
+def run_study(cfg: DictConfig, output_dir: Path, resume: bool = False) -> dict[str, object]:
     """Validate ``cfg``, load its data, run it on the Simulation Engine; return the summary.
+
+    With ``resume``, continue the run whose checkpoint ``output_dir`` holds (``cfg`` is then
+    that checkpoint's config, :func:`resumed_run`).
 
     Raises
     ------
@@ -88,7 +91,7 @@ def run_study(cfg: DictConfig, output_dir: Path) -> dict[str, object]:
         ) from None
     check_device_memory(run)
     try:
-        result = run_in_simulation(resolved, output_dir)
+        result = run_in_simulation(resolved, output_dir, resume=resume)
     except RosterError as error:  # the ServerApp has written summary.json ("failed") by then
         raise RunFailed(
             f"{error} (engine.round_timeout_s={resolved.engine.round_timeout_s:g})"
@@ -193,11 +196,23 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if multirun and cfg.tracking.wandb.group is None:
             cfg.tracking.wandb.group = Path(hydra_cfg.sweep.dir).name
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    resume = cfg.get("resume") is not None
+    if resume:
+        try:
+            resumed = resumed_run(str(cfg.resume), list(hydra_cfg.overrides.task))
+        except FlIotError as error:
+            if multirun:
+                raise
+            print(f"fl-iot: error: {error}", file=sys.stderr)
+            raise SystemExit(EXIT_CODE_USER_ERROR) from None
+        if resumed is None:
+            return None
+        cfg, output_dir = resumed
     if cfg.engine.skip_completed and (previous := completed_summary(cfg, output_dir)):
         print(f"fl-iot: {output_dir} already holds this completed run; skipped", file=sys.stderr)
         return _final_macro_f1(previous)
     try:
-        summary = run_study(cfg, output_dir)
+        summary = run_study(cfg, output_dir, resume=resume)
     except Interrupted as interrupt:
         _exit_now(
             f"fl-iot: {interrupt}; the outputs so far are in {output_dir}", interrupt.exit_code
@@ -220,6 +235,45 @@ def hydra_main(cfg: DictConfig) -> float | None:
         print(f"fl-iot: job {hydra_cfg.job.num} ({overrides}) failed: {message}", file=sys.stderr)
         return None
     return _final_macro_f1(summary)
+
+
+def resumed_run(run_dir: str, overrides: list[str]) -> tuple[DictConfig, Path] | None:
+    """The config and directory of the run that ``resume=<run_dir>`` continues.
+
+    ``None`` (after saying so) when that run has already completed: there is nothing to do.
+
+    Raises
+    ------
+    ConfigError
+        If other overrides come with ``resume`` (the run's config is its checkpoint's), or the
+        directory holds no readable checkpoint.
+    """
+    from fl_iot.checkpoint import read_checkpoint
+
+    others = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "resume"]
+    if others:
+        raise ConfigError(
+            f"resume={run_dir} continues that run with the config it was started with; drop "
+            f"the other overrides ({' '.join(others)}), or start a new run without resume"
+        )
+    directory = Path(run_dir).resolve()
+    checkpoint = read_checkpoint(directory)
+    cfg = OmegaConf.create(checkpoint.config)
+    assert isinstance(cfg, DictConfig)
+    summary = directory / "summary.json"
+    num_rounds = int(cfg.scenario.num_rounds)
+    completed = summary.is_file() and json.loads(summary.read_text()).get("status") == "completed"
+    if checkpoint.round >= num_rounds and completed:
+        print(
+            f"fl-iot: {directory} has completed all {num_rounds} rounds; nothing to resume",
+            file=sys.stderr,
+        )
+        return None
+    print(
+        f"fl-iot: resuming {directory} after round {checkpoint.round} of {num_rounds}",
+        file=sys.stderr,
+    )
+    return cfg, directory
 
 
 class OutputDirCheck(Callback):

@@ -179,6 +179,9 @@ class Config:
     fleet: FleetConfig = field(default_factory=FleetConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     seed: int = 0
+    # The run directory of an interrupted run to continue (``fl-iot resume=<run dir>``): the run
+    # then takes its config from that directory's checkpoint, and no other override is allowed.
+    resume: str | None = None
     # Names of the config-group options a run was composed from ({"strategy": "trusted", ...}).
     # The CLI fills them in from Hydra; reports group runs by them.
     choices: dict[str, str] = field(default_factory=dict)

@@ -57,6 +57,8 @@ from strategies.validation import claimed_device
 log = logging.getLogger(__name__)
 
 CentralEvaluation = Callable[[int, ArrayRecord], dict[str, float]]
+RoundEnd = Callable[[RoundRecord, ArrayRecord], None]
+"""Called after each round, once the sinks have its record: the server's checkpoint."""
 
 EVAL_WEIGHT_CAP = 3.0
 """Most examples a device's evaluation counts for, as a multiple of the round's median count.
@@ -146,18 +148,22 @@ class RoundLoop:
     evaluate_config: ConfigRecord = field(default_factory=ConfigRecord)
     eval_weight_cap: float = EVAL_WEIGHT_CAP
     scheduler: RoundScheduler | None = None
+    after_round: RoundEnd | None = None
     _logged_errors: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.eval_weight_cap >= 1.0:  # also refuses NaN
             raise ValueError(f"eval_weight_cap must be >= 1, got {self.eval_weight_cap!r}")
 
-    def run(self, arrays: ArrayRecord) -> tuple[ArrayRecord, dict[str, float]]:
-        """Run all rounds from ``arrays``; return the final model and the initial central scores."""
+    def run(self, arrays: ArrayRecord, first_round: int = 1, elapsed_s: float = 0.0) -> ArrayRecord:
+        """Run rounds ``first_round..num_rounds`` from ``arrays``; return the final model.
+
+        ``elapsed_s`` is the wall time the rounds before ``first_round`` took (a resumed run's),
+        which the records' ``elapsed_s`` continue.
+        """
         grid = DeviceOrderedGrid(self.grid, self.roster)
-        initial = self.central_evaluation(0, arrays) if self.central_evaluation else {}
-        started = time.perf_counter()
-        for server_round in range(1, self.num_rounds + 1):
+        started = time.perf_counter() - elapsed_s
+        for server_round in range(first_round, self.num_rounds + 1):
             round_started = time.perf_counter()
             record = RoundRecord(server_round, self.num_rounds, 0.0, 0.0)
             arrays = self._train(grid, server_round, arrays, record)
@@ -171,7 +177,9 @@ class RoundLoop:
             record.elapsed_s = time.perf_counter() - started
             for sink in self.sinks:
                 sink.log_round(record)
-        return arrays, initial
+            if self.after_round is not None:
+                self.after_round(record, arrays)
+        return arrays
 
     def _seed_sampling(self, server_round: int, phase: int) -> None:
         # Flower's sample_nodes() draws from the global `random`; the grid lists nodes in

@@ -108,6 +108,32 @@ class PendingUpdate:
 
 
 @dataclass
+class HeldUpdate:
+    """A :class:`PendingUpdate` as a checkpoint keeps it: by device, since node ids change."""
+
+    device: int
+    base_round: int
+    content: RecordDict
+    arrival_s: float
+
+
+@dataclass
+class SchedulerState:
+    """What a scheduler carries over a resumed run (:meth:`RoundScheduler.state`).
+
+    Everything is keyed by device: a resumed run is a new Flower run, whose nodes have new ids.
+    The fleet's timelines are not kept: they are regenerated from the seed.
+    """
+
+    clock_s: float
+    pending: list[HeldUpdate]
+    busy_until: dict[int, float]
+    models: dict[int, ArrayRecord]
+    partial_rounds: dict[int, int]
+    training_starts: dict[int, list[float]]
+
+
+@dataclass
 class Plan:
     """The messages a round sends, their fleet verdicts, and the devices not asked."""
 
@@ -365,6 +391,42 @@ class RoundScheduler:
             closed_s=closed,
             stale_used=sum(1 for p in used if p.base_round != server_round),
         )
+
+    def state(self) -> SchedulerState:
+        """The scheduler's state between two rounds, for a checkpoint."""
+        return SchedulerState(
+            clock_s=self.clock_s,
+            pending=[
+                HeldUpdate(p.device, p.base_round, p.reply.content, p.arrival_s)
+                for p in self.pending
+            ],
+            busy_until=dict(self.busy_until),
+            models=dict(self.models),
+            partial_rounds=dict(self.partial_rounds),
+            training_starts={d: list(s) for d, s in self.fleet.training_starts.items()},
+        )
+
+    def restore(self, state: SchedulerState) -> None:
+        """Continue from ``state`` on this scheduler's roster (the nodes of the resumed run).
+
+        A held update becomes a reply from the device's new node, to no message of this run:
+        strategies charge such a reply to its source node, as they do a stale reply.
+        """
+        self.clock_s = state.clock_s
+        self.pending = []
+        for held in state.pending:
+            node = self.roster.node_of(held.device)
+            ask = Message(
+                RecordDict(), dst_node_id=node, message_type="train", group_id=str(held.base_round)
+            )
+            reply = Message(held.content, reply_to=ask)
+            self.pending.append(
+                PendingUpdate(held.device, node, held.base_round, reply, held.arrival_s)
+            )
+        self.busy_until = dict(state.busy_until)
+        self.models = dict(state.models)
+        self.partial_rounds = dict(state.partial_rounds)
+        self.fleet.training_starts = {d: list(s) for d, s in state.training_starts.items()}
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -19,13 +19,20 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fl_iot.budgets import check_device_memory
+from fl_iot.checkpoint import (
+    RandomStates,
+    ServerCheckpoint,
+    clear_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 from fl_iot.config import devices_per_round, to_container
 from fl_iot.device_runtime import RunContext, fresh_model, run_context
 from fl_iot.errors import ConfigError
 from fl_iot.fleet import build_fleet
 from fl_iot.metrics import evaluate_model, scores
 from fl_iot.models import count_parameters
-from fl_iot.records import RunStatus, RunSummary
+from fl_iot.records import RoundRecord, RunStatus, RunSummary
 from fl_iot.roster import Roster, take_roll_call
 from fl_iot.round_loop import CentralEvaluation, RoundLoop
 from fl_iot.rounds import RoundsConfig
@@ -121,16 +128,38 @@ def central_evaluator(run: RunContext) -> CentralEvaluation:
 
 
 def run_server(
-    grid: Grid, cfg: DictConfig, output_dir: Path, result: RunResult | None = None
+    grid: Grid,
+    cfg: DictConfig,
+    output_dir: Path,
+    result: RunResult | None = None,
+    resume: bool = False,
 ) -> RunResult:
-    """Run the study of ``cfg`` over ``grid`` and write its results to ``output_dir``."""
+    """Run the study of ``cfg`` over ``grid`` and write its results to ``output_dir``.
+
+    A checkpoint is written to ``output_dir`` after every round (:mod:`fl_iot.checkpoint`). With
+    ``resume``, the run continues from that checkpoint instead of starting afresh: the strategy,
+    model, scheduler, records and random states are the checkpoint's, the sinks continue their
+    files (:meth:`fl_iot.tracking.Sink.resume`), and the rounds after the checkpoint's run as
+    they would have without the interruption. A fresh start removes an earlier checkpoint.
+    """
     started = time.perf_counter()
     result = result if result is not None else RunResult()
     torch.set_num_threads(1)
     run = run_context(cfg)
     check_device_memory(run)
-    strategy = build_strategy(cfg)
-    arrays = initial_arrays(run)
+    checkpoint = read_checkpoint(output_dir) if resume else None
+    if checkpoint is None:
+        clear_checkpoint(output_dir)
+        strategy = build_strategy(cfg)
+        arrays = initial_arrays(run)
+    else:
+        strategy, arrays = checkpoint.strategy, checkpoint.arrays
+        log.info(
+            "resuming %s after round %d of %d",
+            output_dir,
+            checkpoint.round,
+            cfg.scenario.num_rounds,
+        )
     info = RunInfo(
         config=to_container(cfg),
         output_dir=output_dir,
@@ -155,12 +184,40 @@ def run_server(
     history = History()
     sinks = [history, *build_sinks(cfg, info)]
     for sink in sinks:
-        sink.start(info)
+        if checkpoint is None:
+            sink.start(info)
+        else:
+            sink.resume(info, checkpoint.records)
     status, error_text = RunStatus.COMPLETED, ""
+    central = central_evaluator(run) if cfg.scenario.central_evaluation else None
+    initial: dict[str, float] = {}
     try:
         roster = take_roll_call(grid, len(run.federation), cfg.engine.round_timeout_s)
         give_roster(strategy, roster)
         scheduler = build_scheduler(run, roster)
+        if checkpoint is not None:
+            scheduler.restore(checkpoint.scheduler)
+            initial = checkpoint.initial_central
+            checkpoint.random_states.restore()
+        elif central is not None:
+            initial = central(0, arrays)
+
+        def save_checkpoint(record: RoundRecord, arrays: ArrayRecord) -> None:
+            write_checkpoint(
+                output_dir,
+                ServerCheckpoint(
+                    round=record.round,
+                    config=info.config,
+                    arrays=arrays,
+                    strategy=strategy,
+                    scheduler=scheduler.state(),
+                    records=list(history.records),
+                    initial_central=initial,
+                    elapsed_s=record.elapsed_s,
+                    random_states=RandomStates.capture(),
+                ),
+            )
+
         setup_s = time.perf_counter() - started
         loop = RoundLoop(
             grid=grid,
@@ -171,12 +228,16 @@ def run_server(
             seed=cfg.seed,
             num_classes=run.data.source.num_classes,
             round_timeout_s=cfg.engine.round_timeout_s,
-            central_evaluation=central_evaluator(run) if cfg.scenario.central_evaluation else None,
+            central_evaluation=central,
             sinks=sinks,
             scheduler=scheduler,
+            after_round=save_checkpoint,
         )
         rounds_started = time.perf_counter()
-        arrays, initial = loop.run(arrays)
+        if checkpoint is None:
+            arrays = loop.run(arrays)
+        else:
+            arrays = loop.run(arrays, checkpoint.round + 1, checkpoint.elapsed_s)
         timings = {
             "setup_s": setup_s,
             "rounds_s": time.perf_counter() - rounds_started,
@@ -184,7 +245,7 @@ def run_server(
         }
     except BaseException as error:
         status, error_text = RunStatus.FAILED, f"{type(error).__name__}: {error}"
-        timings, initial = {"server_total_s": time.perf_counter() - started}, {}
+        timings = {"server_total_s": time.perf_counter() - started}
         raise
     finally:
         summary = summarize(info, history.records, status, error_text, timings, initial)

@@ -25,6 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from omegaconf import DictConfig, OmegaConf
 
+from fl_iot.checkpoint import device_state_dir
 from fl_iot.client_app import build_client_app
 from fl_iot.errors import ConfigError
 from fl_iot.reaper import start_reaper
@@ -60,7 +61,7 @@ _kept_ray_init_args: dict[str, Any] | None = None
 """The ``ray.init`` arguments of the Ray session a finished run left up; None if none is."""
 
 
-def run_in_simulation(cfg: DictConfig, output_dir: Path) -> RunResult:
+def run_in_simulation(cfg: DictConfig, output_dir: Path, resume: bool = False) -> RunResult:
     """Run the study of ``cfg`` on the Simulation Engine (Ray) with one node per device.
 
     Parameters
@@ -68,7 +69,10 @@ def run_in_simulation(cfg: DictConfig, output_dir: Path) -> RunResult:
     cfg : DictConfig
         Composed, validated and fully resolved config.
     output_dir : Path
-        Where the sinks write.
+        Where the sinks write; the run's checkpoint and its simulated devices' state are kept
+        there too (:mod:`fl_iot.checkpoint`).
+    resume : bool
+        Continue the run whose checkpoint ``output_dir`` holds.
     """
     from flwr.simulation import run_simulation
 
@@ -82,14 +86,16 @@ def run_in_simulation(cfg: DictConfig, output_dir: Path) -> RunResult:
     @server_app.main()
     def _server_main(grid: Grid, context: Context) -> None:
         try:
-            run_server(StoppableGrid(grid, stop), cfg, output_dir, result)
+            run_server(StoppableGrid(grid, stop), cfg, output_dir, result, resume=resume)
         finally:
             server_done.set()
 
     # Flower's Ray backend pickles the ClientApp factory with every message. Capturing the config
     # as YAML text, turned back into one cached DictConfig per worker, keeps each message's
     # payload small and lets the workers' per-run caches recognise the config by identity.
-    client_app = build_client_app(partial(config_from_yaml, OmegaConf.to_yaml(cfg)))
+    client_app = build_client_app(
+        partial(config_from_yaml, OmegaConf.to_yaml(cfg)), state_dir=device_state_dir(output_dir)
+    )
     num_cpus = cfg.engine.num_cpus or os.cpu_count() or 1
     init_args: dict[str, Any] = {"num_cpus": int(num_cpus), "log_to_driver": False}
     backend_config = {

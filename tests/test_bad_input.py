@@ -181,7 +181,7 @@ def test_a_roll_call_that_nobody_answers_is_a_failed_run(monkeypatch, tmp_path):
     from fl_iot.errors import RunFailed
     from fl_iot.roster import RosterError
 
-    def no_nodes(cfg, output_dir):
+    def no_nodes(cfg, output_dir, resume=False):
         raise RosterError("only 0 of 4 nodes connected within 1 s")
 
     monkeypatch.setattr(simulation, "run_in_simulation", no_nodes)

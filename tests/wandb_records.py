@@ -48,6 +48,17 @@ def _key(item: Any) -> str:
 def offline_run(run_dir: Path) -> dict[str, Any]:
     """Config, history rows by step, summary and group of the offline run in ``run_dir``."""
     (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    return read_run(path)
+
+
+def offline_runs(run_dir: Path) -> list[dict[str, Any]]:
+    """Every offline run file in ``run_dir`` (a resumed run writes one per attempt), in order."""
+    return [read_run(path) for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))]
+
+
+def read_run(path: Path) -> dict[str, Any]:
+    """Config, history rows by step, summary, group and run id of one offline run file."""
+    run_id = ""
     config: dict[str, Any] = {}
     history: dict[int, dict[str, Any]] = {}
     summary: dict[str, Any] = {}
@@ -56,6 +67,7 @@ def offline_run(run_dir: Path) -> dict[str, Any]:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             group = record.run.run_group
+            run_id = record.run.run_id
             for item in record.run.config.update:
                 config[_key(item)] = json.loads(item.value_json)
         elif kind == "config":
@@ -67,4 +79,10 @@ def offline_run(run_dir: Path) -> dict[str, Any]:
         elif kind == "summary":
             for item in record.summary.update:
                 summary[_key(item)] = json.loads(item.value_json)
-    return {"config": config, "history": history, "summary": summary, "group": group}
+    return {
+        "config": config,
+        "history": history,
+        "summary": summary,
+        "group": group,
+        "run_id": run_id,
+    }

@@ -102,7 +102,9 @@ class FleetSimulator:
     trace: Mapping[int, list[tuple[float, float]]] | None = None
     flaky: frozenset[int] = field(default=frozenset(), init=False)
     _timelines: dict[int, Timeline] = field(default_factory=dict, init=False, repr=False)
-    _trainings: dict[int, list[float]] = field(default_factory=dict, init=False, repr=False)
+    # When each device started a training: what drains its battery, and all the state a
+    # simulator gathers (its timelines are regenerated from the seed), so a resumed run keeps it.
+    training_starts: dict[int, list[float]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         devices = sorted(self.devices)
@@ -143,7 +145,7 @@ class FleetSimulator:
         level = 1.0 - float(rng.uniform(0.0, battery.max_start_shortfall))
         level -= battery.drain_per_hour * (t - charged) / 3600.0
         level -= battery.drain_per_training * sum(
-            1 for s in self._trainings.get(device, []) if charged <= s < t
+            1 for s in self.training_starts.get(device, []) if charged <= s < t
         )
         return max(0.0, level)
 
@@ -180,7 +182,7 @@ class FleetSimulator:
         if down.broke or t + down.seconds > session_end:
             why = "the download broke" if down.broke else "went offline during the download"
             return _with(base, outcome=DeviceOutcome.FAILED, reason=why, quiet_s=t + down.seconds)
-        self._trainings.setdefault(device, []).append(t)
+        self.training_starts.setdefault(device, []).append(t)
         cutoff: int | None = None
         reason = ""
         if fails_at is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,15 @@ class Sink(RoundSink):
     def start(self, info: RunInfo) -> None:
         """Called once before the first round."""
 
+    def resume(self, info: RunInfo, records: Sequence[RoundRecord]) -> None:
+        """Called instead of :meth:`start` when a run continues after ``records``' rounds.
+
+        ``records`` are the rounds the checkpoint holds; a sink's files may hold rounds after
+        them, from the attempt that was interrupted, which the resumed run runs again. By
+        default the sink starts as for a fresh run.
+        """
+        self.start(info)
+
     def log_round(self, record: RoundRecord) -> None:
         """Called once per completed round."""
 
@@ -43,6 +53,9 @@ class History(Sink):
 
     def __init__(self) -> None:
         self.records: list[RoundRecord] = []
+
+    def resume(self, info: RunInfo, records: Sequence[RoundRecord]) -> None:  # noqa: D102
+        self.records = list(records)
 
     def log_round(self, record: RoundRecord) -> None:  # noqa: D102
         self.records.append(record)

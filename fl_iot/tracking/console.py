@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from flwr.app import ArrayRecord
 
@@ -29,6 +30,11 @@ class ConsoleSink(Sink):
             info.config["strategy"].get("_target_", "?").rsplit(".", 1)[-1],
         )
         log.info("writing results to %s", info.output_dir)
+
+    def resume(self, info: RunInfo, records: Sequence[RoundRecord]) -> None:  # noqa: D102
+        self.start(info)
+        done = records[-1].round if records else 0
+        log.info("resuming after round %d of %d", done, info.config["scenario"]["num_rounds"])
 
     def log_round(self, record: RoundRecord) -> None:  # noqa: D102
         log.info(format_round(record))

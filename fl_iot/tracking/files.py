@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,38 @@ MODEL_FILE = "model.pt"
 
 
 class JsonlSink(Sink):
-    """Appends one JSON record per round to ``metrics.jsonl`` and flushes it (crash-safe)."""
+    """Appends one JSON record per round to ``metrics.jsonl`` and flushes it (crash-safe).
+
+    A resumed run keeps the file's lines of the rounds its checkpoint holds, byte for byte,
+    drops the lines of later rounds (the interrupted attempt's, which run again), writes the
+    checkpoint's rounds the file lacks (a kill between the checkpoint and this sink) and then
+    appends.
+    """
 
     def start(self, info: RunInfo) -> None:  # noqa: D102
         info.output_dir.mkdir(parents=True, exist_ok=True)
         self.path = info.output_dir / METRICS_FILE
         self.path.write_text("")
+
+    def resume(self, info: RunInfo, records: Sequence[RoundRecord]) -> None:  # noqa: D102
+        info.output_dir.mkdir(parents=True, exist_ok=True)
+        self.path = info.output_dir / METRICS_FILE
+        done = records[-1].round if records else 0
+        kept: list[str] = []
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines(keepends=True):
+                try:
+                    round_number = json.loads(line).get("round")
+                except (ValueError, AttributeError):
+                    break  # a line cut short by the kill: nothing after it is whole
+                if not line.endswith("\n") or not isinstance(round_number, int):
+                    break
+                if round_number > done:
+                    break
+                kept.append(line)
+        self.path.write_text("".join(kept))
+        for record in records[len(kept) :]:
+            self.log_round(record)
 
     def log_round(self, record: RoundRecord) -> None:  # noqa: D102
         with self.path.open("a") as handle:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 from flwr.app import ArrayRecord
 
@@ -32,6 +33,10 @@ class PlotSink(Sink):
         self.records: list[RoundRecord] = []
         # matplotlib takes a second to import: do it while the rounds run, not after them.
         threading.Thread(target=_import_pyplot, daemon=True).start()
+
+    def resume(self, info: RunInfo, records: Sequence[RoundRecord]) -> None:  # noqa: D102
+        self.start(info)
+        self.records = list(records)
 
     def log_round(self, record: RoundRecord) -> None:  # noqa: D102
         self.records.append(record)

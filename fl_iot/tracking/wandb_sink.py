@@ -3,16 +3,23 @@
 Runs offline unless the user configured online use (``tracking.wandb.mode=online`` and a logged-in
 ``wandb``); offline runs can be uploaded later with ``wandb sync <run dir>/wandb/offline-run-*``.
 Multirun jobs share a W&B group (the sweep directory's name unless ``tracking.wandb.group`` is set).
+A resumed run (``fl-iot resume=<run dir>``) continues the same W&B run: its id is kept in the run
+directory's ``wandb-run-id``.
 """
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord
 
 from fl_iot.records import RoundRecord, RunStatus, RunSummary
 from fl_iot.tracking.base import RunInfo, Sink, jsonable
+
+RUN_ID_FILE = "wandb-run-id"
 
 
 class WandbSink(Sink):
@@ -26,6 +33,12 @@ class WandbSink(Sink):
         self.run: Any = None
 
     def start(self, info: RunInfo) -> None:  # noqa: D102
+        self._init(info, resume=False)
+
+    def resume(self, info: RunInfo, records: Sequence[RoundRecord]) -> None:  # noqa: D102
+        self._init(info, resume=True)
+
+    def _init(self, info: RunInfo, resume: bool) -> None:
         try:
             import wandb
         except ImportError as error:  # pragma: no cover - wandb is a dependency of fl-iot
@@ -33,6 +46,11 @@ class WandbSink(Sink):
                 "tracking=wandb needs the wandb package: pip install wandb"
             ) from error
         info.output_dir.mkdir(parents=True, exist_ok=True)
+        id_file = Path(info.output_dir) / RUN_ID_FILE
+        run_id = id_file.read_text().strip() if resume and id_file.is_file() else ""
+        if not run_id:
+            run_id = secrets.token_hex(6)
+            id_file.write_text(run_id + "\n")
         scenario = info.config["scenario"]["name"]
         strategy = str(info.config["strategy"].get("_target_", "?")).rsplit(".", 1)[-1]
         self.run = wandb.init(
@@ -45,6 +63,8 @@ class WandbSink(Sink):
             dir=str(info.output_dir),
             config=jsonable(info.config),
             reinit="finish_previous",
+            id=run_id,
+            resume="allow",
         )
         self.run.config.update(
             {"dataset_info": jsonable(info.dataset), "federation_info": jsonable(info.federation)},
