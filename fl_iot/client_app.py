@@ -11,19 +11,22 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Error, Message
+import numpy as np
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 
-from fl_iot import protocol as P
+from clients.compression import Compression, compression_mod
+from clients.compression.wire import CompressionOf
 from fl_iot.device_runtime import (
     TrainingDeclinedError,
     WentOfflineError,
     device_id_of,
     evaluate_on_device,
+    run_context,
     train_on_device,
 )
-from fl_iot.device_state import DeviceStateStore, restore_state
+from fl_iot.device_state import DeviceStateStore, persisted_state_mod, server_round_of
 from fl_iot.protocol import DECLINED_ERROR_CODE, OFFLINE_ERROR_CODE
 from fl_iot.roster import roll_call_reply
 from fl_iot.run_config import config_from_run_config
@@ -37,13 +40,19 @@ ConfigSource = Callable[[Context], DictConfig]
 def build_client_app(config_source: ConfigSource, state_dir: Path | None = None) -> ClientApp:
     """Build the ClientApp whose handlers read the run's config from ``config_source``.
 
-    With ``state_dir`` (the simulation gives its run's ``checkpoint/devices``), each device keeps
-    its ``context.state`` there after every training round and reads it back before the next
-    (:class:`fl_iot.device_state.DeviceStateStore`), so that a resumed run continues every
-    device's DP ledger and partial update. Without one (``flwr run`` on SuperNodes), the state
-    lives in memory for one Flower run, as Flower keeps it.
+    Two mods wrap the handlers. Innermost, the device class's codec (``compression``) encodes
+    each train reply (:func:`clients.compression.compression_mod`), keeping its error-feedback
+    residual in ``context.state``. Outermost, with ``state_dir`` (the simulation gives its run's
+    ``checkpoint/devices``), each device keeps its ``context.state`` there after every training
+    round and reads it back before the next (:func:`fl_iot.device_state.persisted_state_mod`),
+    so that a resumed run continues every device's DP ledger, partial update and residual.
+    Without one (``flwr run`` on SuperNodes), the state lives in memory for one Flower run, as
+    Flower keeps it.
     """
-    app = ClientApp()
+    mods = [compression_mod(_compression_for(config_source), seed_of=_codec_seed(config_source))]
+    if state_dir is not None:
+        mods.insert(0, persisted_state_mod(DeviceStateStore(state_dir), device_id_of))
+    app = ClientApp(mods=mods)
 
     @app.query("roll_call")
     def roll_call(msg: Message, context: Context) -> Message:
@@ -52,21 +61,13 @@ def build_client_app(config_source: ConfigSource, state_dir: Path | None = None)
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         cfg = config_source(context)
-        device_id = device_id_of(context)
-        store = DeviceStateStore(state_dir) if state_dir is not None else None
-        server_round = _server_round(msg)
-        if store is not None:
-            restore_state(context.state, store.load(device_id, server_round))
         try:
-            content = train_on_device(cfg, device_id, msg.content, context.state)
+            content = train_on_device(cfg, device_id_of(context), msg.content, context.state)
         except TrainingDeclinedError as declined:
             log.info("%s", declined)
             return Message(Error(code=DECLINED_ERROR_CODE, reason=str(declined)), reply_to=msg)
         except WentOfflineError as offline:
             return Message(Error(code=OFFLINE_ERROR_CODE, reason=str(offline)), reply_to=msg)
-        finally:
-            if store is not None:
-                store.save(device_id, server_round, context.state)
         return Message(content=content, reply_to=msg)
 
     @app.evaluate()
@@ -79,10 +80,25 @@ def build_client_app(config_source: ConfigSource, state_dir: Path | None = None)
     return app
 
 
-def _server_round(msg: Message) -> int:
-    config = msg.content.get(P.CONFIG)
-    value = config.get(P.SERVER_ROUND, 0) if isinstance(config, ConfigRecord) else 0
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+def _compression_for(config_source: ConfigSource) -> CompressionOf:
+    def compression_for(msg: Message, context: Context) -> Compression | None:
+        run = run_context(config_source(context))
+        return run.compression[run.federation[device_id_of(context)].device_class]
+
+    return compression_for
+
+
+def _codec_seed(config_source: ConfigSource) -> Callable[[Message, Context], int]:
+    """Seeds a device's stochastic rounding per round, apart from its training's seed."""
+
+    def seed(msg: Message, context: Context) -> int:
+        entropy = [int(config_source(context).seed), device_id_of(context), server_round_of(msg)]
+        return int(np.random.SeedSequence([*entropy, CODEC_PHASE]).generate_state(1)[0])
+
+    return seed
+
+
+CODEC_PHASE = 1
 
 
 def _config_from_context(context: Context) -> DictConfig:

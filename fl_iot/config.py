@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from clients import ATTACKS, TRAINERS, build_attack
 from clients.privacy.profile import PrivacyProfile
+from fl_iot.compression import CompressionConfig, compression_by_class
 from fl_iot.data import DATASETS
 from fl_iot.data.partition import PARTITION_SCHEMES
 from fl_iot.errors import ConfigError
@@ -178,6 +179,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     seed: int = 0
     # The run directory of an interrupted run to continue (``fl-iot resume=<run dir>``): the run
     # then takes its config from that directory's checkpoint, and no other override is allowed.
@@ -287,6 +289,8 @@ def validate_config(cfg: DictConfig | Config) -> None:
     _validate_privacy(cfg)
     _validate_fleet(cfg)
     _validate_rounds(cfg)
+    if isinstance(cfg, DictConfig):
+        compression_by_class(cfg)  # refuses an unknown codec, class or parameter
     for name in cfg.tracking.sinks:
         _require(
             name in SINK_FACTORIES,

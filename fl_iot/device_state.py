@@ -24,11 +24,16 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from flwr.app import RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as RecordDictProto
+
+from fl_iot.protocol import CONFIG as SERVER_ROUND_RECORD
+from fl_iot.protocol import SERVER_ROUND
 
 _SNAPSHOT = re.compile(r"round-(\d+)\.state")
 KEEP_SNAPSHOTS = 2
@@ -93,6 +98,34 @@ class DeviceStateStore:
             for path in directory.iterdir()
             if (match := _SNAPSHOT.fullmatch(path.name))
         ]
+
+
+def server_round_of(msg: Message) -> int:
+    """The server round a message names in its config (0 without one)."""
+    config = msg.content.get(SERVER_ROUND_RECORD) if msg.has_content() else None
+    value = config.get(SERVER_ROUND, 0) if isinstance(config, ConfigRecord) else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def persisted_state_mod(store: DeviceStateStore, device_of: Callable[[Context], int]) -> Mod:
+    """A client mod that keeps ``context.state`` in ``store`` around every train message.
+
+    Outermost, so that what the handler and the inner mods (a codec's residual) leave in the
+    state is saved. The state is read back before every round, not only after a restart: the
+    store is where the device's state lives, memory only a copy.
+    """
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if msg.metadata.message_type != "train":
+            return call_next(msg, context)
+        device, server_round = device_of(context), server_round_of(msg)
+        restore_state(context.state, store.load(device, server_round))
+        try:
+            return call_next(msg, context)
+        finally:
+            store.save(device, server_round, context.state)
+
+    return mod
 
 
 def restore_state(state: RecordDict, saved: RecordDict | None) -> None:

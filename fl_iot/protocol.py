@@ -67,5 +67,9 @@ OFFLINE_ERROR_CODE = 4202
 """Error code a simulated device replies with when it went offline mid-training (a real one is
 simply never heard from; the simulation needs the reply to free its worker)."""
 
+MALFORMED_UPDATE_ERROR_CODE = 4203
+"""Error code the server gives a train reply whose compressed update it could not decode (the
+reply is refused before any strategy sees it)."""
+
 ROLL_CALL = "query.roll_call"
 """Message type of the roll call that maps Flower node ids to device ids."""

@@ -9,6 +9,15 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+TRAFFIC_KEYS = (
+    "payload_bytes_up",
+    "payload_bytes_down",
+    "message_bytes_up",
+    "message_bytes_down",
+    "uncompressed_payload_bytes_up",
+)
+"""The byte counts of a device's training traffic in a round (see :class:`RoundRecord`)."""
+
 
 @dataclass
 class RoundRecord:
@@ -23,7 +32,10 @@ class RoundRecord:
     ``bytes_down``/``bytes_up``, ``sent_s``, ``download_s``, ``started_s``, ``compute_s``,
     ``finished_s``, ``upload_s``,
     ``arrival_s``, ``staleness``). ``fleet`` holds the round's simulated ``clock_s`` at its close,
-    its duration, the count of each outcome and the bytes moved.
+    its duration, the count of each outcome and the bytes moved. A device's entry also holds
+    its training traffic (``payload_bytes_up``/``_down``: the update and the model alone,
+    ``message_bytes_up``/``_down``: whole serialised messages, ``uncompressed_payload_bytes_up``:
+    the model the update replaces), and ``communication`` their sums over the round.
     """
 
     round: int
@@ -44,6 +56,7 @@ class RoundRecord:
     detection: dict[str, float] = field(default_factory=dict)
     privacy: dict[str, float] = field(default_factory=dict)
     fleet: dict[str, float] = field(default_factory=dict)
+    communication: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +122,7 @@ class RunSummary:
     model_parameters: int
     versions: dict[str, str]
     config: dict[str, Any]
+    communication: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (the status as its string)."""

@@ -31,22 +31,24 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from clients.compression import COMPRESSED, Compression, decode_update, is_compressed
 from clients.privacy.reporting import privacy_summary
 from fl_iot import protocol as P
 from fl_iot.federation import Federation
 from fl_iot.fleet import DeviceOutcome, ideal_fleet
+from fl_iot.message_size import header_bytes, payload_bytes, wire_bytes
 from fl_iot.metrics import scores
-from fl_iot.records import RoundRecord, RoundSink
+from fl_iot.records import TRAFFIC_KEYS, RoundRecord, RoundSink
 from fl_iot.roster import DeviceOrderedGrid, Roster
 from fl_iot.rounds import RoundsConfig
 from fl_iot.schedule import Collected, RoundScheduler
@@ -149,6 +151,7 @@ class RoundLoop:
     eval_weight_cap: float = EVAL_WEIGHT_CAP
     scheduler: RoundScheduler | None = None
     after_round: RoundEnd | None = None
+    compression: Mapping[str, Compression | None] = field(default_factory=dict)
     _logged_errors: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -199,7 +202,11 @@ class RoundLoop:
         )
         plan = scheduler.plan(server_round, messages, arrays)
         answers = self._send(grid, plan.to_send)
-        collected = scheduler.collect(server_round, plan, answers)
+        # Bytes as they came, compressed: what the upload took on the simulated clock.
+        uploaded = {a.node_id: wire_bytes(a.reply) for a in answers if a.reply.has_content()}
+        self._record_traffic(record, plan.to_send, answers)
+        answers = self._decoded(server_round, plan.to_send, answers)
+        collected = scheduler.collect(server_round, plan, answers, uploaded)
         report_outcomes(self.strategy, server_round, collected.unanswered)
         replies = collected.replies
         fresh = [a.reply for a in answers]
@@ -253,6 +260,84 @@ class RoundLoop:
         if new_arrays is None:
             return arrays
         return new_arrays
+
+    def _decoded(
+        self, server_round: int, sent: Sequence[Message], answers: list[Answer]
+    ) -> list[Answer]:
+        """The answers with every compressed update decoded against the model its node got.
+
+        The codec is the one the roster's device class uses, never what the reply names. A
+        payload that does not decode (another codec, another model, an index out of range, a
+        non-finite scale), or a compressed update from a class that sends none, becomes an
+        error reply (:data:`P.MALFORMED_UPDATE_ERROR_CODE`), logged: every strategy counts it
+        as a failed device and none sees its bytes.
+        """
+        by_node = {m.metadata.dst_node_id: m for m in sent}
+        decoded: list[Answer] = []
+        for answer in answers:
+            reply, message = answer.reply, by_node.get(answer.node_id)
+            if reply.has_error() or not is_compressed(reply.content) or message is None:
+                decoded.append(answer)
+                continue
+            device = self.roster.device_of(answer.node_id)
+            setting = (
+                self.compression.get(self.federation[device].device_class)
+                if device is not None
+                else None
+            )
+            received = message.content.get(P.ARRAYS)
+            try:
+                if setting is None or not isinstance(received, ArrayRecord):
+                    raise ValueError("a compressed update from a device that sends none")
+                reply.content = decode_update(reply.content, received, setting, P.ARRAYS)
+            except ValueError as error:
+                log.warning(
+                    "round %d: refusing the update of device %s (node %s): malformed "
+                    "compressed payload: %s",
+                    server_round,
+                    device,
+                    answer.node_id,
+                    error,
+                )
+                refusal = Error(
+                    code=P.MALFORMED_UPDATE_ERROR_CODE,
+                    reason=f"malformed compressed update: {error}",
+                )
+                decoded.append(Answer(answer.node_id, Message(refusal, reply_to=message)))
+                continue
+            decoded.append(answer)
+        return decoded
+
+    def _record_traffic(
+        self, record: RoundRecord, sent: Sequence[Message], answers: Sequence[Answer]
+    ) -> None:
+        """Each device's bytes this round: the model or update alone, and whole messages.
+
+        ``payload`` is the model down and the update up (its ``ArrayRecord``, or the compressed
+        record that replaces it); ``message`` is the whole serialised message, header, config
+        and metrics included. Replies are measured as they came, before decoding.
+        """
+        payload = (P.ARRAYS, COMPRESSED)
+        down: dict[int, tuple[int, int]] = {}
+        for message in sent:
+            key = id(message.content)
+            if key not in down:
+                content = wire_bytes(message)
+                down[key] = (payload_bytes(message.content, payload), content)
+            _, entry = self._device_entry(record, message.metadata.dst_node_id)
+            entry["payload_bytes_down"] = float(down[key][0])
+            entry["message_bytes_down"] = float(down[key][1] + header_bytes(message))
+        for answer in answers:
+            _, entry = self._device_entry(record, answer.node_id)
+            reply = answer.reply
+            entry["message_bytes_up"] = float(
+                header_bytes(reply) + (wire_bytes(reply) if reply.has_content() else 0)
+            )
+            if reply.has_content():
+                entry["payload_bytes_up"] = float(payload_bytes(reply.content, payload))
+                # What the update would have weighed uncompressed: the model it was trained on.
+                entry["uncompressed_payload_bytes_up"] = entry.get("payload_bytes_down", 0.0)
+        record.communication = communication_totals(record.devices.values())
 
     def _scheduler(self) -> RoundScheduler:
         if self.scheduler is None:
@@ -486,6 +571,15 @@ class RoundLoop:
             )
             return f"malformed: {error}"
         return DeviceEvaluation(device_id, n, loss, matrix)
+
+
+def communication_totals(entries: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """The sums of the per-device byte counts (:data:`TRAFFIC_KEYS`) over ``entries``."""
+    totals = dict.fromkeys(TRAFFIC_KEYS, 0.0)
+    for entry in entries:
+        for key in TRAFFIC_KEYS:
+            totals[key] += float(entry.get(key, 0.0))
+    return totals
 
 
 def pool_evaluations(

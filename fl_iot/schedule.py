@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fl_iot import protocol as P
 from fl_iot.fleet import DeviceOutcome, Dispatch, FleetSimulator
+from fl_iot.message_size import wire_bytes
 from fl_iot.roster import Roster
 from fl_iot.rounds import (
     LateUpdates,
@@ -49,28 +49,6 @@ from fl_iot.rounds import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def wire_bytes(message: Message | RecordDict) -> int:
-    """Bytes of a message's content as Flower ships it: its serialised records and arrays.
-
-    The header (ids, timestamps; some 200 bytes) is left out: its size depends on the random
-    node and message ids of a run, and the simulated clock must not. A record Flower could not
-    serialise (a value out of protobuf's range, which only a reply built in this process can
-    hold) counts nothing, rather than ending the round.
-    """
-    content = message.content if isinstance(message, Message) else message
-    try:
-        objects = list(get_all_nested_objects(content).values())
-    except (ValueError, OverflowError, TypeError):
-        objects = list(content.values())
-    total = 0
-    for obj in objects:
-        try:
-            total += len(obj.deflate())
-        except (ValueError, OverflowError, TypeError):
-            continue
-    return total
 
 
 @dataclass
@@ -293,9 +271,18 @@ class RoundScheduler:
         return Plan(t, target, to_send, verdicts, devices, quiet, selected)
 
     def collect(
-        self, server_round: int, plan: Plan, answers: Sequence[tuple[int, Message]]
+        self,
+        server_round: int,
+        plan: Plan,
+        answers: Sequence[tuple[int, Message]],
+        uploaded: Mapping[int, int] | None = None,
     ) -> Collected:
-        """Time the replies, close the round, and pick the updates it aggregates."""
+        """Time the replies, close the round, and pick the updates it aggregates.
+
+        ``uploaded`` gives a reply's bytes as it came, by node (a compressed update is decoded
+        before it gets here, and its upload took the compressed bytes); without an entry, the
+        reply's own.
+        """
         mode = self.mode
         devices = plan.devices
         errors: list[tuple[int, Message]] = []
@@ -323,7 +310,10 @@ class RoundScheduler:
                     self.busy_until[verdict.device] = verdict.quiet_s or plan.opened_s
                 errors.append((node, reply))
                 continue
-            arrival = self.fleet.arrive(verdict, server_round, wire_bytes(reply))
+            size = uploaded.get(node) if uploaded is not None else None
+            arrival = self.fleet.arrive(
+                verdict, server_round, size if size is not None else wire_bytes(reply)
+            )
             own.bytes_up = arrival.upload_bytes
             own.upload_s = arrival.upload_s
             own.arrival_s = arrival.arrival_s

@@ -232,6 +232,7 @@ def run_server(
             sinks=sinks,
             scheduler=scheduler,
             after_round=save_checkpoint,
+            compression=run.compression,
         )
         rounds_started = time.perf_counter()
         if checkpoint is None:

@@ -92,6 +92,7 @@ are thin layers over Flower's API, and round reports follow :mod:`strategies.rep
 
 from strategies.anomaly import AnomalyRejection
 from strategies.central_dp import CentralDP
+from strategies.decoding import DecodedUpdates
 from strategies.reliability import OUTCOMES, Outcome, ReliabilityTracker
 from strategies.reliability_fedavg import ReliabilityWeightedFedAvg
 from strategies.report import DEVICE_KEYS, DeviceReport, RoundReport
@@ -110,6 +111,7 @@ __all__ = [
     "AnomalyScores",
     "AnomalyThresholds",
     "CentralDP",
+    "DecodedUpdates",
     "DeviceReport",
     "Outcome",
     "RejectionKind",

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from tests.conftest import REPO_ROOT
 
 TINY = (
@@ -36,3 +38,16 @@ def run_cli(
 def run_dir_override(path: Path) -> str:
     """The override that puts a single run's outputs in ``path``."""
     return f"hydra.run.dir={path}"
+
+
+def resolved_config(*overrides: str) -> DictConfig:
+    """A freshly composed config with its interpolations resolved (what the apps receive)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from fl_iot.run_config import compose_config
+
+    GlobalHydra.instance().clear()
+    cfg = OmegaConf.create(OmegaConf.to_container(compose_config(overrides), resolve=True))
+    assert isinstance(cfg, DictConfig)
+    return cfg

@@ -19,12 +19,7 @@ pytestmark = pytest.mark.e2e
 NODES, ROUNDS = 4, 2
 
 
-@pytest.fixture(scope="module")
-def outcome() -> ExampleResult:
-    results: list[ExampleResult] = []
-    server, client = make_apps(
-        num_nodes=NODES, num_rounds=ROUNDS, malicious_partition=0, on_finish=results.append
-    )
+def simulate(server, client) -> None:
     run_simulation(
         server_app=server,
         client_app=client,
@@ -34,6 +29,15 @@ def outcome() -> ExampleResult:
             "init_args": {"num_cpus": 2, "log_to_driver": False},
         },
     )
+
+
+@pytest.fixture(scope="module")
+def outcome() -> ExampleResult:
+    results: list[ExampleResult] = []
+    server, client = make_apps(
+        num_nodes=NODES, num_rounds=ROUNDS, malicious_partition=0, on_finish=results.append
+    )
+    simulate(server, client)
     assert len(results) == 1, "the ServerApp did not finish"
     return results[0]
 
@@ -72,3 +76,25 @@ def test_the_global_model_learns_despite_the_attacker(outcome: ExampleResult) ->
     accuracy = outcome.central_accuracy
     assert accuracy[0] < 0.5  # zeros: one class for everything
     assert accuracy[ROUNDS] >= 0.85
+
+
+def test_the_example_with_compressed_updates_learns_and_refuses_what_does_not_decode() -> None:
+    """Top-k updates through the mod and the DecodedUpdates wrapper, one node malicious."""
+    from clients.compression import Compression, TopK
+
+    results: list[ExampleResult] = []
+    server, client = make_apps(
+        num_nodes=NODES,
+        num_rounds=3,
+        malicious_partition=0,
+        on_finish=results.append,
+        compression=Compression("topk", TopK(0.25), error_feedback=True),
+    )
+    simulate(server, client)
+    (outcome,) = results
+    round_1, round_2 = outcome.reports[1], outcome.reports[2]
+    assert list(round_1.rejected) == ["0"]  # the boosted sign flip, decoded, then refused
+    # A NaN update is not compressed (the mod cannot): it arrives as it is and is refused.
+    assert list(round_2.rejected) == ["0"] and "NaN" in round_2.rejected["0"]
+    assert round_2.num_accepted == NODES - 1
+    assert outcome.central_accuracy[3] >= 0.85

@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Message, RecordDict
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from clients.compression import RESIDUAL
 from fl_iot.checkpoint import device_state_dir, read_checkpoint
 from fl_iot.client_app import build_client_app
 from fl_iot.device_state import DeviceStateStore
 from fl_iot.errors import ConfigError
-from fl_iot.run_config import compose_config
 from fl_iot.server import run_server
+from tests.e2e import resolved_config
 from tests.in_process_grid import InProcessGrid
 from tests.wandb_records import offline_runs
 
@@ -79,12 +79,7 @@ class RenumberedGrid(InProcessGrid):
 
 
 def composed(*overrides: str) -> DictConfig:
-    GlobalHydra.instance().clear()
-    cfg = OmegaConf.create(
-        OmegaConf.to_container(compose_config((*TINY, *overrides)), resolve=True)
-    )
-    assert isinstance(cfg, DictConfig)
-    return cfg
+    return resolved_config(*TINY, *overrides)
 
 
 def run(cfg: DictConfig, out: Path, grid_type: type[InProcessGrid] = InProcessGrid, **grid_args):
@@ -147,6 +142,7 @@ SCENARIOS = {
         "strategy=reliability",
     ),
     "local-dp": ("privacy=local_dp", "scenario.num_rounds=3"),
+    "topk-error-feedback": ("compression=topk", "strategy=trusted"),
     "central-dp-fedadam": ("strategy=fedadam", "privacy=central_dp"),
 }
 
@@ -190,6 +186,15 @@ def test_a_device_epsilon_continues_after_resume_instead_of_restarting(tmp_path)
     assert resumed == whole
     first = json.loads((tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()[0])
     assert all(resumed[d] > first["devices"][d]["epsilon"] for d in resumed)
+
+
+def test_the_error_feedback_residual_is_in_the_state_each_device_keeps(tmp_path):
+    cfg = composed("compression=topk", "scenario.fraction_train=1.0", "scenario.num_rounds=2")
+    run(cfg, tmp_path)
+    store = DeviceStateStore(device_state_dir(tmp_path))
+    for device in range(6):
+        state = store.load(device, 3)
+        assert state is not None and RESIDUAL in state, device
 
 
 def test_a_fresh_run_in_the_same_directory_starts_from_nothing(tmp_path):

@@ -15,10 +15,11 @@ from fl_iot.config import validate_config
 from fl_iot.device_runtime import PARTIAL_ARRAYS, WentOfflineError, train_on_device
 from fl_iot.errors import ConfigError
 from fl_iot.fleet import DeviceConditions, ideal_fleet
+from fl_iot.message_size import wire_bytes
 from fl_iot.roster import Roster
 from fl_iot.rounds import RoundMode, RoundsConfig, close_time, over_selected, staleness_weight
 from fl_iot.run_config import compose_config
-from fl_iot.schedule import PendingUpdate, RoundScheduler, wire_bytes
+from fl_iot.schedule import PendingUpdate, RoundScheduler
 from tests.in_process_grid import set_task_identity
 from tests.test_round_loop import run, tiny_config
 

@@ -27,6 +27,10 @@ Using the strategies in your app
   before round 1 with a roll call (a ``query`` message each node answers with its partition id,
   :func:`roll_call`), so its reports name partitions. A reply's own claim is never its
   identity: one that claims another device than the roster's is rejected as a spoof.
+- Compressed updates: ``make_apps(compression=Compression("topk", TopK(0.1), error_feedback=True))``
+  puts ``clients.compression.compression_mod`` on the ClientApp and ``DecodedUpdates`` (with
+  ``decode_update``) around the strategy: the strategy judges decoded updates, and a payload
+  that does not decode is refused like any failed reply.
 - Replies that Flower's FedAvg would crash on (missing keys, NaN, wrong shapes, negative counts)
   are rejected instead; the round goes on with the rest.
 """
@@ -37,16 +41,19 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import Result
+from flwr.serverapp.strategy import Result, Strategy
 
+from clients.compression import Compression, compression_mod, decode_update
 from strategies import (
     AnomalyRejection,
+    DecodedUpdates,
     ReliabilityWeightedFedAvg,
     RoundReport,
     answered_node,
@@ -151,6 +158,7 @@ def make_apps(
     num_rounds: int = 3,
     malicious_partition: int | None = 0,
     on_finish: Callable[[ExampleResult], None] | None = None,
+    compression: Compression | None = None,
 ) -> tuple[ServerApp, ClientApp]:
     """Build the ServerApp and ClientApp of this example.
 
@@ -166,9 +174,12 @@ def make_apps(
     on_finish : callable or None
         Receives the :class:`ExampleResult` when the ServerApp is done (the ServerApp runs in
         a thread of the calling process under ``run_simulation``).
+    compression : Compression or None
+        Send updates compressed (``clients.compression``): a mod on the ClientApp encodes, a
+        ``DecodedUpdates`` wrapper in front of the strategy decodes.
     """
     server = ServerApp()
-    client = ClientApp()
+    client = ClientApp(mods=[compression_mod(compression)] if compression else [])
     x_test, y_test = _blobs(seed=7, size=600)
 
     @server.main()
@@ -181,6 +192,9 @@ def make_apps(
             )
         )
         strategy.set_roster(roll_call(grid, num_nodes))
+        outer: Strategy = strategy
+        if compression is not None:
+            outer = DecodedUpdates(strategy, partial(decode_update, compression=compression))
         central: dict[int, float] = {}
 
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -193,7 +207,7 @@ def make_apps(
                 )
             return MetricRecord({"accuracy": acc})
 
-        result = strategy.start(
+        result = outer.start(
             grid=grid,
             initial_arrays=initial_arrays(),
             num_rounds=num_rounds,

@@ -85,6 +85,9 @@ def format_round(record: RoundRecord) -> str:
     parts.append("| " + clients)
     if record.fleet.get("clock_s"):  # a simulated fleet: its clock at the round's close
         parts.append(f"| simulated {_duration(record.fleet['clock_s'])}")
+    up, down = (record.communication.get(f"message_bytes_{d}", 0.0) for d in ("up", "down"))
+    if up or down:
+        parts.append(f"| up {_bytes(up)} down {_bytes(down)}")
     if "epsilon-max" in record.privacy:
         parts.append(f"| local epsilon max {_fmt(record.privacy['epsilon-max'])}")
     if "central-epsilon" in record.privacy:
@@ -93,6 +96,15 @@ def format_round(record: RoundRecord) -> str:
     if record.errors:
         parts.append(f"| errors: {'; '.join(record.errors)}")
     return " ".join(parts)
+
+
+def _bytes(count: float) -> str:
+    """``812 B``, ``41.2 KiB`` or ``3.10 MiB``."""
+    if count < 1024:
+        return f"{count:.0f} B"
+    if count < 1024**2:
+        return f"{count / 1024:.1f} KiB"
+    return f"{count / 1024**2:.2f} MiB"
 
 
 def _fmt(value: object) -> str:

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import platform
 from importlib import metadata
+from typing import Any
 
-from fl_iot.records import ClientCounts, FinalMetrics, RoundRecord, RunStatus, RunSummary
+from fl_iot.records import (
+    TRAFFIC_KEYS,
+    ClientCounts,
+    FinalMetrics,
+    RoundRecord,
+    RunStatus,
+    RunSummary,
+)
 from fl_iot.tracking.base import RunInfo, jsonable
 
 VERSIONED_PACKAGES = (
@@ -72,6 +80,7 @@ def summarize(
             declined=sum(r.declined for r in records),
             missing=sum(r.missing for r in records),
         ),
+        communication=jsonable(communication_summary(records)),
         timings=jsonable(
             {
                 **timings,
@@ -85,6 +94,38 @@ def summarize(
         versions=info.versions,
         config=jsonable(info.config),
     )
+
+
+def communication_summary(records: list[RoundRecord]) -> dict[str, Any]:
+    """The run's training traffic: totals, per device class, and against uncompressed.
+
+    Summed from the devices' per-round byte counts (see :class:`~fl_iot.records.RoundRecord`).
+    ``uncompressed_message_bytes_up`` is what the replies would have weighed carrying full
+    models (computed, not measured by a second run), and ``uplink_payload_reduction`` is
+    ``1 - payload_bytes_up / uncompressed_payload_bytes_up``.
+    """
+    by_class: dict[str, dict[str, float]] = {}
+    for record in records:
+        for entry in record.devices.values():
+            if "message_bytes_down" not in entry and "message_bytes_up" not in entry:
+                continue
+            sums = by_class.setdefault(
+                str(entry.get("device_class", "?")), dict.fromkeys(TRAFFIC_KEYS, 0.0)
+            )
+            for key in TRAFFIC_KEYS:
+                sums[key] += float(entry.get(key, 0.0))
+    for sums in by_class.values():
+        _derived(sums)
+    total = {key: sum(c[key] for c in by_class.values()) for key in TRAFFIC_KEYS}
+    _derived(total)
+    return {**total, "by_class": by_class} if by_class else {}
+
+
+def _derived(sums: dict[str, float]) -> None:
+    overhead_up = sums["message_bytes_up"] - sums["payload_bytes_up"]
+    sums["uncompressed_message_bytes_up"] = overhead_up + sums["uncompressed_payload_bytes_up"]
+    full = sums["uncompressed_payload_bytes_up"]
+    sums["uplink_payload_reduction"] = 1.0 - sums["payload_bytes_up"] / full if full else 0.0
 
 
 def _best(records: list[RoundRecord], part: str) -> dict[str, float]:

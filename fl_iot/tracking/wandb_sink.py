@@ -97,7 +97,7 @@ class WandbSink(Sink):
 def round_metrics(record: RoundRecord) -> dict[str, float]:
     """The flat scalar metrics of one round, keyed ``<part>/<name>``."""
     metrics: dict[str, float] = {"round_time_s": record.round_time_s, "elapsed_s": record.elapsed_s}
-    for part in ("central", "federated", "train", "detection", "privacy", "fleet"):
+    for part in ("central", "federated", "train", "detection", "privacy", "fleet", "communication"):
         for key, value in getattr(record, part).items():
             metrics[f"{part}/{key}"] = value
     for key in ("sampled", "replied", "failed", "declined", "missing"):
