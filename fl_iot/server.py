@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord
@@ -109,6 +110,29 @@ def build_scheduler(run: RunContext, roster: Roster) -> RoundScheduler:
     return RoundScheduler(fleet, rounds, roster, int(run.cfg.seed))
 
 
+def raw_data_baseline(run: RunContext) -> dict[str, Any]:
+    """What shipping the training data itself would cost: once, and as the sensors stream.
+
+    From the dataset's :class:`~fl_iot.data.RawData` and each device's local training split;
+    empty for a dataset that does not say what its sensors produce.
+    """
+    raw = run.data.source.raw
+    if raw is None:
+        return {}
+    by_class: dict[str, float] = {}
+    for device in range(len(run.federation)):
+        name = run.federation[device].device_class
+        examples = len(run.data.device_split(device)[0])
+        by_class[name] = by_class.get(name, 0.0) + examples * raw.bytes_per_example
+    return {
+        "bytes_once": sum(by_class.values()),
+        "bytes_once_by_class": by_class,
+        "bytes_per_second_per_device": raw.bytes_per_second,
+        "devices": len(run.federation),
+        "basis": raw.basis,
+    }
+
+
 def initial_arrays(run: RunContext) -> ArrayRecord:
     """The seeded initial global model."""
     torch.manual_seed(run.cfg.seed)
@@ -180,6 +204,7 @@ def run_server(
         },
         model_parameters=count_parameters(fresh_model(run)),
         versions=package_versions(),
+        raw_data=raw_data_baseline(run),
     )
     history = History()
     sinks = [history, *build_sinks(cfg, info)]

@@ -128,3 +128,22 @@ def test_a_bad_compression_setting_is_one_clear_error(overrides, message):
     GlobalHydra.instance().clear()
     with pytest.raises(ConfigError, match=message):
         validate_config(compose_config(overrides))
+
+
+def test_the_raw_data_baseline_is_the_training_data_at_the_sensors_precision(tmp_path):
+    from fl_iot.device_runtime import run_context
+
+    cfg = composed()
+    summary, _ = run(cfg, tmp_path / "ideal")
+    raw = summary["communication"]["raw_data"]
+    data = run_context(cfg).data
+    examples = sum(len(data.device_split(d)[0]) for d in range(6))
+    assert raw["bytes_once"] == examples * 252 * 11 / 8  # a 0.7 s beat window, 11-bit ADC
+    assert raw["bytes_per_second_per_device"] == 360 * 11 / 8
+    assert raw["stream_bytes_per_round"] is None  # an ideal fleet's clock does not move
+    assert raw["uplink_bytes_per_round"] == summary["communication"]["message_bytes_up"] / 3
+
+    summary, records = run(composed("fleet=realistic", "rounds=deadline"), tmp_path / "real")
+    raw = summary["communication"]["raw_data"]
+    mean_s = sum(r["fleet"]["round_duration_s"] for r in records) / len(records)
+    assert raw["stream_bytes_per_round"] == pytest.approx(360 * 11 / 8 * 6 * mean_s)

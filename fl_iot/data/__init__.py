@@ -10,7 +10,7 @@ from fl_iot.data import mitbih as _mitbih  # noqa: F401
 from fl_iot.data import occupancy as _occupancy  # noqa: F401
 from fl_iot.data import vehicle as _vehicle  # noqa: F401
 from fl_iot.data import watch as _watch  # noqa: F401
-from fl_iot.data.base import DATASETS, SourceDataset
+from fl_iot.data.base import DATASETS, RawData, SourceDataset
 from fl_iot.data.federated import FederatedData, load_federated_data, load_source
 from fl_iot.data.paths import DATA_ROOT_ENV
 
@@ -19,6 +19,7 @@ __all__ = [
     "DATA_ROOT_ENV",
     "FederatedData",
     "LabeledData",
+    "RawData",
     "SourceDataset",
     "load_federated_data",
     "load_source",

@@ -14,6 +14,29 @@ from clients.registry import Registry
 
 
 @dataclass(frozen=True)
+class RawData:
+    """The sensor data behind a dataset's examples, at the sensors' native precision.
+
+    What a device would upload to ship its data to a server instead of training on it: the
+    raw baseline of the communication report (``summary.json``'s ``communication.raw_data``).
+
+    Attributes
+    ----------
+    bytes_per_example : float
+        Raw bytes each training example adds: the readings it covers that no earlier example
+        of the device covered (overlapping windows count once), at native precision.
+    bytes_per_second : float
+        What one device's sensors produce per second while it runs (the stream).
+    basis : str
+        How both were derived: channels, rate and bits, and what is an estimate.
+    """
+
+    bytes_per_example: float
+    bytes_per_second: float
+    basis: str
+
+
+@dataclass(frozen=True)
 class SourceDataset:
     """What a loader returns: the pooled training samples and a central held-out split.
 
@@ -41,6 +64,8 @@ class SourceDataset:
     spans : np.ndarray or None
         Optional ``(n, 2)`` first and last time index of each training sample's window; local
         training samples whose span overlaps a local test sample's are dropped (purged).
+    raw : RawData or None
+        The sensor data behind the examples at native precision (the raw-upload baseline).
     """
 
     name: str
@@ -53,6 +78,7 @@ class SourceDataset:
     metadata: dict[str, object] = field(default_factory=dict)
     segments: np.ndarray | None = None
     spans: np.ndarray | None = None
+    raw: RawData | None = None
 
     def __post_init__(self) -> None:
         for name in ("groups", "segments", "spans"):

@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from clients.data import LabeledData
-from fl_iot.data.base import DATASETS, SourceDataset
+from fl_iot.data.base import DATASETS, RawData, SourceDataset
 from fl_iot.data.paths import find_dataset_dir
 from fl_iot.errors import ConfigError
 
@@ -61,6 +61,7 @@ DEVICE_KEYS = ("unit", "condition")
 TEST_WINDOWS = ("all", "last")
 CLASS_NAMES = ("healthy", "fails-within-horizon")
 
+CYCLE_SECONDS = 5400.0  # EST: one operating cycle is one flight, taken as 1.5 h
 SENSORS: tuple[int, ...] = (2, 3, 4, 7, 8, 9, 11, 12, 13, 14, 15, 17, 20, 21)
 """The informative sensors (1-based numbers as in the dataset's readme)."""
 DROPPED_SENSORS: tuple[int, ...] = (1, 5, 6, 10, 16, 18, 19)
@@ -231,6 +232,14 @@ def load_cmapss(
         segments=ends // (2 * window),
         spans=np.stack([ends - (window - 1), ends], axis=1),
         test=LabeledData(x_test, (rul_test <= horizon).astype(np.int64)),
+        raw=RawData(
+            # Windows slide by `stride` cycles: each adds `stride` new cycles of the 14 sensors
+            # used, logged as float32. Cycles per second: one 1.5 h flight per cycle (EST).
+            bytes_per_example=min(stride, window) * len(SENSORS) * 4,
+            bytes_per_second=len(SENSORS) * 4 / CYCLE_SECONDS,
+            basis=f"{len(SENSORS)} sensors as float32 once per cycle; {min(stride, window)} new "
+            f"cycle(s) a window; one cycle per {CYCLE_SECONDS / 3600:g} h flight (EST)",
+        ),
         class_names=CLASS_NAMES,
         description=(
             f"NASA C-MAPSS {subset} turbofan windows of {window} cycles, failure within {horizon} "

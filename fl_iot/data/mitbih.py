@@ -52,11 +52,12 @@ from pathlib import Path
 import numpy as np
 
 from clients.data import LabeledData
-from fl_iot.data.base import DATASETS, SourceDataset
+from fl_iot.data.base import DATASETS, RawData, SourceDataset
 from fl_iot.data.paths import find_bundled_asset, find_dataset_dir
 from fl_iot.errors import ConfigError
 
 SAMPLING_HZ = 360
+ADC_BITS = 11  # the MIT-BIH recordings' resolution over 10 mV (SOURCE.md)
 """Sampling rate of every MIT-BIH record."""
 
 RECORDS: tuple[str, ...] = tuple(
@@ -316,6 +317,14 @@ def load_mitbih(
         description=(
             f"MIT-BIH Arrhythmia heartbeats ({source}), lead MLII, AAMI classes, "
             "one device per patient"
+        ),
+        raw=RawData(
+            # A beat is ~0.8 s of the lead at 72 bpm and its window 0.7 s: the lead's samples
+            # between beats are counted once per beat, at the 11-bit ADC resolution.
+            bytes_per_example=(before + after) * ADC_BITS / 8,
+            bytes_per_second=SAMPLING_HZ * ADC_BITS / 8,
+            basis=f"lead MLII at {SAMPLING_HZ} Hz, {ADC_BITS}-bit ADC; a beat's window of "
+            f"{before + after} samples",
         ),
         metadata={
             "source": source,

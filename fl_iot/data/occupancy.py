@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from clients.data import LabeledData
-from fl_iot.data.base import DATASETS, SourceDataset
+from fl_iot.data.base import DATASETS, RawData, SourceDataset
 from fl_iot.data.paths import find_dataset_dir
 from fl_iot.errors import ConfigError
 
@@ -134,6 +134,13 @@ def load_occupancy(
         test=LabeledData(test_x, test_y),
         class_names=CLASS_NAMES,
         description="UCI Occupancy, one office room's sensor minutes, one device per day",
+        raw=RawData(
+            # The five sensors once a minute, each a 16-bit reading (EST: temperature to 0.01 °C,
+            # light and CO2 as integers, fit 16 bits); the time features are computed, not sent.
+            bytes_per_example=len(SENSORS) * 2,
+            bytes_per_second=len(SENSORS) * 2 / 60,
+            basis=f"{len(SENSORS)} sensors, 16 bits each (EST), once a minute",
+        ),
         metadata={
             "features": list(SENSORS) + (list(TIME_FEATURES) if time_features else []),
             "train_period": (str(train_time.min()), str(train_time.max())),

@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from clients.data import LabeledData
-from fl_iot.data.base import DATASETS, SourceDataset
+from fl_iot.data.base import DATASETS, RawData, SourceDataset
 from fl_iot.errors import ConfigError
 
 CHANNELS = ("speed", "rpm", "coolant_temp", "battery_voltage", "accel_long", "brake_pressure")
@@ -269,4 +269,10 @@ def load_vehicle(
             "health state, one device per vehicle"
         ),
         metadata={"channels": list(CHANNELS), "windows_per_vehicle": counts.tolist()},
+        raw=RawData(
+            # Independent windows (no overlap) of the channels at 1 Hz, 16-bit CAN signals (EST).
+            bytes_per_example=len(CHANNELS) * window * 2,
+            bytes_per_second=len(CHANNELS) * 2,
+            basis=f"{len(CHANNELS)} channels at 1 Hz, 16 bits each (EST); {window} s a window",
+        ),
     )

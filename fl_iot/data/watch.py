@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from clients.data import LabeledData
-from fl_iot.data.base import DATASETS, SourceDataset
+from fl_iot.data.base import DATASETS, RawData, SourceDataset
 
 
 @DATASETS.decorator("watch")
@@ -89,5 +89,12 @@ def load_watch(
         class_names=tuple(str(n) for n in raw["y_labels"]),
         description=(
             "seglearn smartwatch shoulder exercises, 6-axis IMU windows, one device per subject"
+        ),
+        raw=RawData(
+            # Windows overlap by `overlap`: each adds its new samples of 6 channels at 50 Hz,
+            # 16 bits each (a smartwatch IMU's native width).
+            bytes_per_example=max(1, round(window * (1 - overlap))) * 6 * 2,
+            bytes_per_second=50 * 6 * 2,
+            basis="6 IMU channels at 50 Hz, 16 bits each; overlapping windows counted once",
         ),
     )

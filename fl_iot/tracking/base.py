@@ -24,6 +24,7 @@ class RunInfo:
     federation: dict[str, Any] = field(default_factory=dict)
     model_parameters: int = 0
     versions: dict[str, str] = field(default_factory=dict)
+    raw_data: dict[str, Any] = field(default_factory=dict)  # the raw-upload baseline
 
 
 class Sink(RoundSink):

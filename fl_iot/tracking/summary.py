@@ -80,7 +80,7 @@ def summarize(
             declined=sum(r.declined for r in records),
             missing=sum(r.missing for r in records),
         ),
-        communication=jsonable(communication_summary(records)),
+        communication=jsonable(communication_summary(records, info.raw_data)),
         timings=jsonable(
             {
                 **timings,
@@ -96,13 +96,19 @@ def summarize(
     )
 
 
-def communication_summary(records: list[RoundRecord]) -> dict[str, Any]:
-    """The run's training traffic: totals, per device class, and against uncompressed.
+def communication_summary(
+    records: list[RoundRecord], raw_data: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The run's training traffic: totals, per device class, against uncompressed and raw data.
 
     Summed from the devices' per-round byte counts (see :class:`~fl_iot.records.RoundRecord`).
     ``uncompressed_message_bytes_up`` is what the replies would have weighed carrying full
     models (computed, not measured by a second run), and ``uplink_payload_reduction`` is
-    ``1 - payload_bytes_up / uncompressed_payload_bytes_up``.
+    ``1 - payload_bytes_up / uncompressed_payload_bytes_up``. ``raw_data`` is the baseline of
+    shipping the training data instead (:func:`fl_iot.server.raw_data_baseline`), with
+    ``stream_bytes_per_round``: what the fleet's sensors produce in a round's mean simulated
+    duration (``None`` when the fleet's clock does not move, ``fleet=ideal``), and
+    ``uplink_bytes_per_round``, the measured federated uplink per round, beside it.
     """
     by_class: dict[str, dict[str, float]] = {}
     for record in records:
@@ -118,7 +124,22 @@ def communication_summary(records: list[RoundRecord]) -> dict[str, Any]:
         _derived(sums)
     total = {key: sum(c[key] for c in by_class.values()) for key in TRAFFIC_KEYS}
     _derived(total)
-    return {**total, "by_class": by_class} if by_class else {}
+    if not by_class:
+        return {}
+    summary: dict[str, Any] = {**total, "by_class": by_class}
+    if raw_data:
+        durations = [r.fleet.get("round_duration_s", 0.0) for r in records]
+        mean_s = sum(durations) / len(durations) if durations else 0.0
+        summary["raw_data"] = {
+            **raw_data,
+            "stream_bytes_per_round": (
+                raw_data["bytes_per_second_per_device"] * raw_data["devices"] * mean_s
+                if mean_s > 0
+                else None
+            ),
+            "uplink_bytes_per_round": total["message_bytes_up"] / len(records),
+        }
+    return summary
 
 
 def _derived(sums: dict[str, float]) -> None:
