@@ -16,7 +16,7 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 
-from clients.compression import Compression, compression_mod
+from clients.compression import Compression, compression_mod, model_decoder_mod
 from clients.compression.wire import CompressionOf
 from fl_iot.device_runtime import (
     TrainingDeclinedError,
@@ -40,16 +40,21 @@ ConfigSource = Callable[[Context], DictConfig]
 def build_client_app(config_source: ConfigSource, state_dir: Path | None = None) -> ClientApp:
     """Build the ClientApp whose handlers read the run's config from ``config_source``.
 
-    Two mods wrap the handlers. Innermost, the device class's codec (``compression``) encodes
-    each train reply (:func:`clients.compression.compression_mod`), keeping its error-feedback
-    residual in ``context.state``. Outermost, with ``state_dir`` (the simulation gives its run's
+    Three mods wrap the handlers. A compressed global model (``compression.downlink``) is
+    decoded first (:func:`clients.compression.model_decoder_mod`). Innermost, the device
+    class's codec (``compression``) encodes each train reply
+    (:func:`clients.compression.compression_mod`), keeping its error-feedback residual in
+    ``context.state``. Outermost, with ``state_dir`` (the simulation gives its run's
     ``checkpoint/devices``), each device keeps its ``context.state`` there after every training
     round and reads it back before the next (:func:`fl_iot.device_state.persisted_state_mod`),
     so that a resumed run continues every device's DP ledger, partial update and residual.
     Without one (``flwr run`` on SuperNodes), the state lives in memory for one Flower run, as
     Flower keeps it.
     """
-    mods = [compression_mod(_compression_for(config_source), seed_of=_codec_seed(config_source))]
+    mods = [
+        model_decoder_mod(lambda msg, context: run_context(config_source(context)).downlink),
+        compression_mod(_compression_for(config_source), seed_of=_codec_seed(config_source)),
+    ]
     if state_dir is not None:
         mods.insert(0, persisted_state_mod(DeviceStateStore(state_dir), device_id_of))
     app = ClientApp(mods=mods)

@@ -3,8 +3,10 @@
 ``compression=none`` (the default) sends full models. Any other option names a codec and its
 parameters (``conf/compression/*.yaml``); ``compression.classes.<device class>`` gives a class a
 setting of its own (a wearable on BLE compresses harder than a gateway on Ethernet), with
-``codec: none`` to send that class uncompressed. The codecs and their wire format are
-:mod:`clients.compression`'s; this module only turns the config into their settings.
+``codec: none`` to send that class uncompressed. ``compression.downlink`` compresses the global
+model on its way to the devices (``float16`` or ``qsgd``; one setting for the fleet). The codecs
+and their wire format are :mod:`clients.compression`'s; this module only turns the config into
+their settings.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class CompressionConfig(CodecConfig):
     """The fleet's codec, and per device class settings that replace it."""
 
     name: str = "none"
+    # The global model's codec on the way down (a CodecConfig's fields; none, float16 or qsgd),
+    # one for the fleet: every device gets the same bytes.
+    downlink: dict[str, Any] = field(default_factory=dict)
     # {device class: a CodecConfig's fields}; typed Any so that a whole class's setting can be
     # given on the command line (+compression.classes.wearable={codec:qsgd,bits:4}), which
     # OmegaConf refuses for a dict of dataclasses. compression_config() types it.
@@ -59,17 +64,41 @@ def compression_config(cfg: DictConfig) -> tuple[CompressionConfig, dict[str, Co
         merged = OmegaConf.merge(OmegaConf.structured(CompressionConfig), section)
         typed = OmegaConf.to_object(merged)
         assert isinstance(typed, CompressionConfig)
-        classes = {}
-        for name, setting in typed.classes.items():
-            one = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(CodecConfig), setting))
-            assert isinstance(one, CodecConfig)
-            classes[str(name)] = one
+        classes = {str(name): _codec_config(setting) for name, setting in typed.classes.items()}
+        classes[DOWNLINK] = _codec_config(typed.downlink)
     except OmegaConfBaseException as error:
         raise ConfigError(
             f"compression: {str(error).splitlines()[0]}; a codec setting has the keys "
             f"{', '.join(f.name for f in fields(CodecConfig))}"
         ) from None
     return typed, classes
+
+
+DOWNLINK = "<downlink>"
+
+
+def _codec_config(setting: Any) -> CodecConfig:
+    one = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(CodecConfig), setting))
+    assert isinstance(one, CodecConfig)
+    return one
+
+
+def downlink_compression(cfg: DictConfig) -> Compression | None:
+    """The global model's codec on the way down (``compression.downlink``); ``None``: whole.
+
+    Raises
+    ------
+    ConfigError
+        For top-k (it would zero most of the model) or a setting :func:`build_codec` refuses.
+    """
+    _, classes = compression_config(cfg)
+    setting = classes[DOWNLINK]
+    if setting.codec == "topk":
+        raise ConfigError(
+            "compression.downlink.codec=topk would send a model with most of its weights zero; "
+            "valid choices: none, float16, qsgd"
+        )
+    return build_codec(setting, "compression.downlink")
 
 
 def build_codec(setting: CodecConfig, path: str) -> Compression | None:
@@ -134,6 +163,7 @@ def _name(setting: CodecConfig) -> str:
 def compression_by_class(cfg: DictConfig) -> dict[str, Compression | None]:
     """Every device class's setting (``None``: uncompressed)."""
     config, classes = compression_config(cfg)
+    classes.pop(DOWNLINK)
     unknown = sorted(set(classes) - set(cfg.device_classes))
     if unknown:
         raise ConfigError(

@@ -18,7 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from clients import ATTACKS, TRAINERS, build_attack
 from clients.privacy.profile import PrivacyProfile
-from fl_iot.compression import CompressionConfig, compression_by_class
+from fl_iot.compression import CompressionConfig, compression_by_class, downlink_compression
 from fl_iot.data import DATASETS
 from fl_iot.data.partition import PARTITION_SCHEMES
 from fl_iot.errors import ConfigError
@@ -291,6 +291,7 @@ def validate_config(cfg: DictConfig | Config) -> None:
     _validate_rounds(cfg)
     if isinstance(cfg, DictConfig):
         compression_by_class(cfg)  # refuses an unknown codec, class or parameter
+        downlink_compression(cfg)
     for name in cfg.tracking.sinks:
         _require(
             name in SINK_FACTORIES,

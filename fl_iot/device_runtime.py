@@ -23,7 +23,7 @@ from clients import TRAINERS, Attack, AttackContext, LocalTrainer, TrainSettings
 from clients.compression import Compression
 from clients.trainer import TrainReport
 from fl_iot import protocol as P
-from fl_iot.compression import compression_by_class
+from fl_iot.compression import compression_by_class, downlink_compression
 from fl_iot.config import (
     attackers_per_round,
     devices_per_round,
@@ -71,6 +71,7 @@ class RunContext:
     model_factory: Callable[..., nn.Module]
     device_classes: dict[str, DeviceClassRuntime]
     compression: dict[str, Compression | None]  # each device class's codec (None: uncompressed)
+    downlink: Compression | None  # the global model's codec on the way down
     run_key: str  # a digest of the resolved config: names this run in in-process caches
 
 
@@ -116,6 +117,7 @@ def _run_context_cached(cfg_yaml: str) -> RunContext:
         model_factory=model_factory(cfg.scenario.model),
         device_classes={name: _device_class_runtime(cfg, name) for name in cfg.device_classes},
         compression=compression_by_class(cfg),
+        downlink=downlink_compression(cfg),
         run_key=hashlib.sha256(cfg_yaml.encode()).hexdigest(),
     )
 

@@ -15,6 +15,7 @@ TRAFFIC_KEYS = (
     "message_bytes_up",
     "message_bytes_down",
     "uncompressed_payload_bytes_up",
+    "uncompressed_payload_bytes_down",
 )
 """The byte counts of a device's training traffic in a round (see :class:`RoundRecord`)."""
 
@@ -34,8 +35,9 @@ class RoundRecord:
     ``arrival_s``, ``staleness``). ``fleet`` holds the round's simulated ``clock_s`` at its close,
     its duration, the count of each outcome and the bytes moved. A device's entry also holds
     its training traffic (``payload_bytes_up``/``_down``: the update and the model alone,
-    ``message_bytes_up``/``_down``: whole serialised messages, ``uncompressed_payload_bytes_up``:
-    the model the update replaces), and ``communication`` their sums over the round.
+    ``message_bytes_up``/``_down``: whole serialised messages, ``uncompressed_payload_bytes_up``
+    and ``_down``: the whole model either would weigh uncompressed), and ``communication`` their
+    sums over the round.
     """
 
     round: int

@@ -8,7 +8,10 @@ needs around them:
   the fleet's simulated clock whom to ask, when each update arrives and which updates the round
   aggregates (``rounds=sync|deadline|fedbuff``); under ``fleet=ideal`` and ``rounds=sync`` it
   asks exactly the sample and uses every reply;
-
+- a compressed update is decoded, with the codec of its device's class, against the model its
+  node was sent, before the scheduler and the strategy see it (:meth:`RoundLoop._decoded`);
+  every device's bytes are measured as they came (:meth:`RoundLoop._record_traffic`);
+- after each round, ``after_round`` writes the server's checkpoint (:mod:`fl_iot.checkpoint`);
 - every reply is charged to the node its message was sent to, and that node's device comes
   from the roll call, never from the reply (:func:`strategies.answered_node`); a reply that
   claims another device's id is ignored and logged as a spoof;
@@ -37,11 +40,19 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from clients.compression import COMPRESSED, Compression, decode_update, is_compressed
+from clients.compression import (
+    COMPRESSED,
+    COMPRESSED_MODEL,
+    Compression,
+    decode_model,
+    decode_update,
+    encode_model,
+    is_compressed,
+)
 from clients.privacy.reporting import privacy_summary
 from fl_iot import protocol as P
 from fl_iot.federation import Federation
@@ -74,6 +85,9 @@ honest devices with up to three times the typical test split count fully.
 
 MAX_COUNT = 2**63 - 1
 """Largest example count or confusion entry accepted (what Flower's ``sint64`` carries)."""
+
+DOWNLINK_PHASE = 11
+"""Seed phase of the downlink codec's stochastic rounding (apart from sampling's phases)."""
 
 ERROR_CHARS = 300
 """Longest error text a round record keeps per device; the full text is logged once per run."""
@@ -152,6 +166,7 @@ class RoundLoop:
     scheduler: RoundScheduler | None = None
     after_round: RoundEnd | None = None
     compression: Mapping[str, Compression | None] = field(default_factory=dict)
+    downlink: Compression | None = None
     _logged_errors: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -200,11 +215,13 @@ class RoundLoop:
         messages = list(
             self.strategy.configure_train(server_round, arrays, self.train_config.copy(), grid)
         )
+        messages = self._compressed_models(server_round, 0, messages)
         plan = scheduler.plan(server_round, messages, arrays)
         answers = self._send(grid, plan.to_send)
         # Bytes as they came, compressed: what the upload took on the simulated clock.
         uploaded = {a.node_id: wire_bytes(a.reply) for a in answers if a.reply.has_content()}
-        self._record_traffic(record, plan.to_send, answers)
+        model_bytes = payload_bytes(RecordDict({P.ARRAYS: arrays}), [P.ARRAYS])
+        self._record_traffic(record, plan.to_send, answers, model_bytes)
         answers = self._decoded(server_round, plan.to_send, answers)
         collected = scheduler.collect(server_round, plan, answers, uploaded)
         report_outcomes(self.strategy, server_round, collected.unanswered)
@@ -273,6 +290,7 @@ class RoundLoop:
         as a failed device and none sees its bytes.
         """
         by_node = {m.metadata.dst_node_id: m for m in sent}
+        received_models: dict[int, ArrayRecord | None] = {}
         decoded: list[Answer] = []
         for answer in answers:
             reply, message = answer.reply, by_node.get(answer.node_id)
@@ -285,9 +303,11 @@ class RoundLoop:
                 if device is not None
                 else None
             )
-            received = message.content.get(P.ARRAYS)
+            if id(message.content) not in received_models:
+                received_models[id(message.content)] = self._received_model(message)
+            received = received_models[id(message.content)]
             try:
-                if setting is None or not isinstance(received, ArrayRecord):
+                if setting is None or received is None:
                     raise ValueError("a compressed update from a device that sends none")
                 reply.content = decode_update(reply.content, received, setting, P.ARRAYS)
             except ValueError as error:
@@ -308,16 +328,51 @@ class RoundLoop:
             decoded.append(answer)
         return decoded
 
+    def _compressed_models(
+        self, server_round: int, phase: int, messages: list[Message]
+    ) -> list[Message]:
+        """``messages`` with their model compressed by the downlink codec, if one is set.
+
+        Encoded once per distinct content (the strategy's messages share one), seeded per round
+        and phase, so every device of a round gets the same bytes, on Ray as in process.
+        """
+        if self.downlink is None:
+            return messages
+        encoded: dict[int, RecordDict] = {}
+        for message in messages:
+            key = id(message.content)
+            if key not in encoded:
+                seed = np.random.SeedSequence([self.seed, server_round, phase, DOWNLINK_PHASE])
+                encoded[key] = encode_model(
+                    message.content, self.downlink, np.random.default_rng(seed), P.ARRAYS
+                )
+            message.content = encoded[key]
+        return messages
+
+    def _received_model(self, message: Message) -> ArrayRecord | None:
+        """The model a node got from ``message``: decoded as the device decodes it."""
+        content = message.content
+        if self.downlink is not None and COMPRESSED_MODEL in content:
+            content = decode_model(content, self.downlink, P.ARRAYS)
+        model = content.get(P.ARRAYS)
+        return model if isinstance(model, ArrayRecord) else None
+
     def _record_traffic(
-        self, record: RoundRecord, sent: Sequence[Message], answers: Sequence[Answer]
+        self,
+        record: RoundRecord,
+        sent: Sequence[Message],
+        answers: Sequence[Answer],
+        model_bytes: int,
     ) -> None:
         """Each device's bytes this round: the model or update alone, and whole messages.
 
         ``payload`` is the model down and the update up (its ``ArrayRecord``, or the compressed
         record that replaces it); ``message`` is the whole serialised message, header, config
         and metrics included. Replies are measured as they came, before decoding.
+        ``model_bytes`` is the uncompressed model's payload, which an uncompressed update or
+        download would weigh.
         """
-        payload = (P.ARRAYS, COMPRESSED)
+        payload = (P.ARRAYS, COMPRESSED, COMPRESSED_MODEL)
         down: dict[int, tuple[int, int]] = {}
         for message in sent:
             key = id(message.content)
@@ -327,6 +382,7 @@ class RoundLoop:
             _, entry = self._device_entry(record, message.metadata.dst_node_id)
             entry["payload_bytes_down"] = float(down[key][0])
             entry["message_bytes_down"] = float(down[key][1] + header_bytes(message))
+            entry["uncompressed_payload_bytes_down"] = float(model_bytes)
         for answer in answers:
             _, entry = self._device_entry(record, answer.node_id)
             reply = answer.reply
@@ -335,8 +391,8 @@ class RoundLoop:
             )
             if reply.has_content():
                 entry["payload_bytes_up"] = float(payload_bytes(reply.content, payload))
-                # What the update would have weighed uncompressed: the model it was trained on.
-                entry["uncompressed_payload_bytes_up"] = entry.get("payload_bytes_down", 0.0)
+                # What the update would have weighed uncompressed: a whole model.
+                entry["uncompressed_payload_bytes_up"] = float(model_bytes)
         record.communication = communication_totals(record.devices.values())
 
     def _scheduler(self) -> RoundScheduler:
@@ -372,6 +428,7 @@ class RoundLoop:
         )
         if not messages:
             return
+        messages = self._compressed_models(server_round, 1, messages)
         answers = self._send(grid, messages)
         evaluations: list[DeviceEvaluation] = []
         for answer in answers:

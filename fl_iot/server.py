@@ -258,6 +258,7 @@ def run_server(
             scheduler=scheduler,
             after_round=save_checkpoint,
             compression=run.compression,
+            downlink=run.downlink,
         )
         rounds_started = time.perf_counter()
         if checkpoint is None:

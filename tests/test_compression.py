@@ -202,3 +202,24 @@ def test_error_feedback_sends_later_what_it_leaves_out():
     assert residual is not None
     np.testing.assert_allclose(sent_total + residual, meant_total, atol=1e-5)
     assert np.abs(residual).sum() < np.abs(meant_total).sum()
+
+
+def test_a_compressed_model_decodes_with_its_layout_and_raw_integer_buffers():
+    from clients.compression import COMPRESSED_MODEL, decode_model, encode_model
+
+    model = model_arrays()
+    content = RecordDict({"arrays": model, "config": ConfigRecord({"server-round": 1})})
+    setting = Compression("float16", Float16())
+    encoded = encode_model(content, setting, np.random.default_rng(0))
+    assert COMPRESSED_MODEL in encoded and list(encoded["arrays"].keys()) == [
+        "1.num_batches_tracked"
+    ]
+    decoded = decode_model(encoded, setting)
+    assert set(decoded["arrays"].keys()) == set(model.keys())
+    for key in model:
+        got, sent = decoded["arrays"][key].numpy(), model[key].numpy()
+        assert got.shape == sent.shape and got.dtype == sent.dtype
+        np.testing.assert_allclose(got, sent, atol=2e-3)
+    assert decoded["config"]["server-round"] == 1
+    with pytest.raises(ValueError, match="not compressed with 'qsgd8'"):
+        decode_model(encoded, Compression("qsgd8", Qsgd(8)))

@@ -147,3 +147,19 @@ def test_the_raw_data_baseline_is_the_training_data_at_the_sensors_precision(tmp
     raw = summary["communication"]["raw_data"]
     mean_s = sum(r["fleet"]["round_duration_s"] for r in records) / len(records)
     assert raw["stream_bytes_per_round"] == pytest.approx(360 * 11 / 8 * 6 * mean_s)
+
+
+def test_the_downlink_model_travels_compressed_and_updates_decode_against_it(tmp_path):
+    cfg = composed("compression=topk", "+compression.downlink={codec:qsgd,bits:8}")
+    summary, _records = run(cfg, tmp_path)
+    traffic = summary["communication"]
+    assert summary["clients"]["failed"] == 0
+    assert 0.7 < traffic["downlink_payload_reduction"] < 0.8
+    assert traffic["uplink_payload_reduction"] >= 0.97
+    assert summary["final"]["central"]["accuracy"] > 0.3
+
+
+def test_a_top_k_downlink_is_refused():
+    GlobalHydra.instance().clear()
+    with pytest.raises(ConfigError, match=r"compression\.downlink\.codec=topk would send a model"):
+        validate_config(compose_config(("+compression.downlink={codec:topk}",)))

@@ -142,7 +142,11 @@ SCENARIOS = {
         "strategy=reliability",
     ),
     "local-dp": ("privacy=local_dp", "scenario.num_rounds=3"),
-    "topk-error-feedback": ("compression=topk", "strategy=trusted"),
+    "topk-error-feedback-qsgd-downlink": (
+        "compression=topk",
+        "+compression.downlink={codec:qsgd,bits:8}",
+        "strategy=trusted",
+    ),
     "central-dp-fedadam": ("strategy=fedadam", "privacy=central_dp"),
 }
 

@@ -20,17 +20,22 @@ model's size changes.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app.message import make_message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from clients.compression.codecs import Codec
 
 COMPRESSED = "compressed-update"
 """ConfigRecord of a compressed train reply: ``codec`` (its name) and ``data`` (its bytes)."""
+COMPRESSED_MODEL = "compressed-model"
+"""ConfigRecord of a message whose model travels compressed: ``codec``, ``data``, and the
+layout of the float arrays (``keys``, ``ndims``, ``shape``, ``dtypes``)."""
 RESIDUAL = "compression.residual"
 """Key in ``context.state`` of the error-feedback residual (one float32 vector)."""
 
@@ -154,7 +159,116 @@ def decode_update(
     return decoded
 
 
+def encode_model(
+    content: RecordDict, compression: Compression, rng: np.random.Generator, record: str = "arrays"
+) -> RecordDict:
+    """``content`` with the float arrays of its model ``record`` compressed (the downlink).
+
+    The model itself is encoded, not a difference: the device holds nothing to add one to. Its
+    float arrays' layout travels beside the bytes, non-float arrays stay as they are. Error
+    feedback does not apply. A codec that keeps a fraction of the values (``topk``) would zero
+    the rest of the model: use ``float16`` or ``qsgd`` here.
+    """
+    model = content.get(record)
+    if not isinstance(model, ArrayRecord):
+        return content
+    keys = float_keys(model)
+    values = [model[key].numpy() for key in keys]
+    vector = np.concatenate([v.ravel() for v in values]) if values else np.zeros(0, np.float32)
+    encoded = RecordDict({name: value for name, value in content.items() if name != record})
+    others = {k: model[k] for k in model if k not in keys}
+    if others:
+        encoded[record] = ArrayRecord(others)
+    encoded[COMPRESSED_MODEL] = ConfigRecord(
+        {
+            "codec": compression.name,
+            "data": compression.codec.encode(vector.astype(np.float32), rng),
+            "keys": keys,
+            "ndims": [v.ndim for v in values],
+            "shape": [int(n) for v in values for n in v.shape],
+            "dtypes": [str(v.dtype) for v in values],
+        }
+    )
+    return encoded
+
+
+def decode_model(
+    content: RecordDict, compression: Compression, record: str = "arrays"
+) -> RecordDict:
+    """``content`` with a compressed model (:func:`encode_model`) decoded into ``record``.
+
+    Content without one is returned as it is. The float arrays come first, in the order sent.
+
+    Raises
+    ------
+    ValueError
+        If the payload is not one of ``compression``'s, or its layout is inconsistent.
+    """
+    if COMPRESSED_MODEL not in content:
+        return content
+    payload = content.get(COMPRESSED_MODEL)
+    if not isinstance(payload, ConfigRecord) or payload.get("codec") != compression.name:
+        raise ValueError(f"the model is not compressed with {compression.name!r}")
+    keys, ndims = payload.get("keys"), payload.get("ndims")
+    dims, dtypes, data = payload.get("shape"), payload.get("dtypes"), payload.get("data")
+    if not (
+        isinstance(keys, list)
+        and isinstance(ndims, list)
+        and isinstance(dims, list)
+        and isinstance(dtypes, list)
+        and isinstance(data, bytes)
+        and len(keys) == len(ndims) == len(dtypes)
+        and sum(int(n) for n in ndims) == len(dims)
+    ):
+        raise ValueError("the compressed model's layout is inconsistent")
+    shapes, position = [], 0
+    for n in ndims:
+        shapes.append(tuple(int(d) for d in dims[position : position + int(n)]))
+        position += int(n)
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    vector = compression.codec.decode(data, sum(sizes))
+    arrays: dict[str, Array] = {}
+    offset = 0
+    for key, shape, size, dtype in zip(keys, shapes, sizes, dtypes, strict=True):
+        part = vector[offset : offset + size].reshape(shape).astype(np.dtype(str(dtype)))
+        arrays[str(key)] = Array(np.asarray(part))
+        offset += size
+    plain = content.get(record)
+    if isinstance(plain, ArrayRecord):
+        arrays.update({k: plain[k] for k in plain})
+    decoded = RecordDict(
+        {name: value for name, value in content.items() if name not in (record, COMPRESSED_MODEL)}
+    )
+    decoded[record] = ArrayRecord(arrays)
+    return decoded
+
+
 CompressionOf = Callable[[Message, Context], Compression | None]
+"""Which compression a device uses for a message (``None``: send it uncompressed)."""
+
+
+def model_decoder_mod(compression: Compression | CompressionOf, record: str = "arrays") -> Mod:
+    """A client mod that decodes a compressed global model before the handlers see it.
+
+    Outside :func:`compression_mod`, so that the update is encoded against the model the device
+    decoded, which is the one the server decodes the update against.
+    """
+    choose = compression if callable(compression) else (lambda msg, context: compression)
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if msg.has_content() and COMPRESSED_MODEL in msg.content:
+            setting = choose(msg, context)
+            if setting is None:
+                raise ValueError("the model arrived compressed, and no downlink codec is set")
+            # A new message: the one received may be the sender's own object (in process).
+            msg = make_message(
+                copy.copy(msg.metadata), content=decode_model(msg.content, setting, record)
+            )
+        return call_next(msg, context)
+
+    return mod
+
+
 """Which compression a device uses for a message (``None``: send it uncompressed)."""
 SeedOf = Callable[[Message, Context], int]
 

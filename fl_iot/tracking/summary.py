@@ -102,9 +102,10 @@ def communication_summary(
     """The run's training traffic: totals, per device class, against uncompressed and raw data.
 
     Summed from the devices' per-round byte counts (see :class:`~fl_iot.records.RoundRecord`).
-    ``uncompressed_message_bytes_up`` is what the replies would have weighed carrying full
-    models (computed, not measured by a second run), and ``uplink_payload_reduction`` is
-    ``1 - payload_bytes_up / uncompressed_payload_bytes_up``. ``raw_data`` is the baseline of
+    ``uncompressed_message_bytes_up``/``_down`` are what the messages would have weighed
+    carrying whole models (computed, not measured by a second run), and
+    ``uplink_payload_reduction`` is ``1 - payload_bytes_up / uncompressed_payload_bytes_up``
+    (``downlink_payload_reduction`` likewise). ``raw_data`` is the baseline of
     shipping the training data instead (:func:`fl_iot.server.raw_data_baseline`), with
     ``stream_bytes_per_round``: what the fleet's sensors produce in a round's mean simulated
     duration (``None`` when the fleet's clock does not move, ``fleet=ideal``), and
@@ -143,10 +144,12 @@ def communication_summary(
 
 
 def _derived(sums: dict[str, float]) -> None:
-    overhead_up = sums["message_bytes_up"] - sums["payload_bytes_up"]
-    sums["uncompressed_message_bytes_up"] = overhead_up + sums["uncompressed_payload_bytes_up"]
-    full = sums["uncompressed_payload_bytes_up"]
-    sums["uplink_payload_reduction"] = 1.0 - sums["payload_bytes_up"] / full if full else 0.0
+    for direction, name in (("up", "uplink"), ("down", "downlink")):
+        overhead = sums[f"message_bytes_{direction}"] - sums[f"payload_bytes_{direction}"]
+        full = sums[f"uncompressed_payload_bytes_{direction}"]
+        sums[f"uncompressed_message_bytes_{direction}"] = overhead + full
+        reduction = 1.0 - sums[f"payload_bytes_{direction}"] / full if full else 0.0
+        sums[f"{name}_payload_reduction"] = reduction
 
 
 def _best(records: list[RoundRecord], part: str) -> dict[str, float]:
