@@ -5,7 +5,8 @@ codec (``compression=none|float16|qsgd8|qsgd4|topk|topk_q8``) and seed. Each run
 ``summary.json`` ``communication`` section gives the measured bytes (payload and whole
 messages, up and down), the uncompressed uplink computed beside them and the raw-data baseline.
 ``attack`` runs ``strategy=trusted`` on healthcare_wearables at 20 % ALIE and 20 % scaling, with
-and without a codec. Every run appends one JSON line to ``--out`` (runs already there are
+and without a codec; ``downlink`` adds ``compression.downlink`` (QSGD 8-bit) to a codec on every
+scenario. Every run appends one JSON line to ``--out`` (runs already there are
 skipped); the tables, and with ``--plot P`` the accuracy-against-bytes front (a PNG at ``P``,
 ``docs/communication.png``), are written from it.
 
@@ -14,6 +15,7 @@ Usage (from the repository root; about 25 minutes for the codec grid here)::
     source benchmarks/offline_env.sh
     .venv/bin/python benchmarks/communication.py codecs --out /tmp/communication.jsonl
     .venv/bin/python benchmarks/communication.py attack --codec topk --out /tmp/communication.jsonl
+    .venv/bin/python benchmarks/communication.py downlink --out /tmp/communication.jsonl
     .venv/bin/python benchmarks/communication.py table --out /tmp/communication.jsonl --plot P
 """
 
@@ -34,6 +36,7 @@ SCENARIOS = ("healthcare_wearables", "industrial_maintenance", "smart_home", "ve
 CODECS = ("none", "float16", "qsgd8", "qsgd4", "topk", "topk_q8")
 SEEDS = (0, 1, 2)
 GOAL_REDUCTION, GOAL_LOSS = 0.97, 0.01
+DOWNLINK = ["+compression.downlink={codec:qsgd,bits:8}"]
 
 
 def run_one(scenario: str, codec: str, seed: int, extra: list[str]) -> dict[str, Any]:
@@ -175,7 +178,7 @@ def attack_table(rows: list[dict[str, Any]]) -> str:
         "| attack | codec | seeds | accuracy | uplink payload reduction |",
         "|---|---|---|---|---|",
     ]
-    attacked = [r for r in rows if r["extra"]]
+    attacked = [r for r in rows if any(e.startswith("attack=") for e in r["extra"])]
     for extra in sorted({tuple(r["extra"]) for r in attacked}):
         for codec in CODECS:
             group = [r for r in attacked if tuple(r["extra"]) == extra and r["codec"] == codec]
@@ -184,6 +187,37 @@ def attack_table(rows: list[dict[str, Any]]) -> str:
                 lines.append(
                     f"| {' '.join(extra)} | {codec} | {len(group)} | "
                     f"{_mean(group, lambda r: r['accuracy']):.3f} | {reduction:.1%} |"
+                )
+    return "\n".join(lines)
+
+
+def downlink_table(rows: list[dict[str, Any]]) -> str:
+    """The codec with and without a compressed downlink, per scenario (means over seeds)."""
+    lines = [
+        "| scenario | codec | downlink | seeds | accuracy | uplink payload reduction | "
+        "downlink payload reduction | downlink messages KiB/run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for scenario in SCENARIOS:
+        for extra in ([], DOWNLINK):
+            group = [
+                r
+                for r in rows
+                if r["scenario"] == scenario and r["extra"] == extra and r["codec"] != "none"
+            ]
+            codecs = sorted({r["codec"] for r in rows if r["extra"] == DOWNLINK})
+            for codec in codecs:
+                of_codec = [r for r in group if r["codec"] == codec]
+                if not of_codec:
+                    continue
+                c = [r["communication"] for r in of_codec]
+                down = [x.get("downlink_payload_reduction", 0.0) for x in c]
+                lines.append(
+                    f"| {scenario} | {codec} | {'qsgd8' if extra else 'none'} | {len(of_codec)} | "
+                    f"{_mean(of_codec, lambda r: r['accuracy']):.3f} | "
+                    f"{statistics.fmean(x['uplink_payload_reduction'] for x in c):.1%} | "
+                    f"{statistics.fmean(down):.1%} | "
+                    f"{_kib(statistics.fmean(x['message_bytes_down'] for x in c))} |"
                 )
     return "\n".join(lines)
 
@@ -218,7 +252,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("codecs", "attack", "table"))
+    parser.add_argument("mode", choices=("codecs", "attack", "downlink", "table"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS))
     parser.add_argument("--codecs", nargs="+", default=list(CODECS))
@@ -244,8 +278,14 @@ def main() -> None:
             ],
             args.out,
         )
+    elif args.mode == "downlink":
+        measure(
+            [(s, args.codec, seed, DOWNLINK) for s in args.scenarios for seed in args.seeds],
+            args.out,
+        )
     rows = [json.loads(line) for line in args.out.read_text().splitlines() if line]
-    print(codec_table(rows), raw_table(rows), attack_table(rows), sep="\n\n")
+    tables = (codec_table(rows), raw_table(rows), attack_table(rows), downlink_table(rows))
+    print(*tables, sep="\n\n")
     if args.plot:
         plot(rows, args.plot)
 
