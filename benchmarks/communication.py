@@ -17,6 +17,7 @@ Usage (from the repository root; about 25 minutes for the codec grid here)::
     .venv/bin/python benchmarks/communication.py attack --codec topk --out /tmp/communication.jsonl
     .venv/bin/python benchmarks/communication.py downlink --out /tmp/communication.jsonl
     .venv/bin/python benchmarks/communication.py table --out /tmp/communication.jsonl --plot P
+    .venv/bin/python benchmarks/communication.py overhead --codec topk --out /dev/null
 """
 
 from __future__ import annotations
@@ -222,6 +223,47 @@ def downlink_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def overhead(codec: str) -> str:
+    """What one real train reply of healthcare_wearables is made of on the wire, object by object.
+
+    One device of the scenario trains once in process with ``compression=<codec>``; the reply is
+    then broken into the objects Flower serialises (the message, its record dict, each record,
+    each array and chunk) with each one's bytes.
+    """
+    from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import DictConfig, OmegaConf
+
+    from fl_iot.client_app import build_client_app
+    from fl_iot.device_runtime import fresh_model, run_context
+    from fl_iot.run_config import compose_config
+    from tests.in_process_grid import InProcessGrid
+
+    GlobalHydra.instance().clear()
+    composed = compose_config((f"compression={codec}",))
+    cfg = OmegaConf.create(OmegaConf.to_container(composed, resolve=True))
+    assert isinstance(cfg, DictConfig)
+    grid = InProcessGrid(build_client_app(lambda _: cfg), cfg.scenario.num_devices)
+    model = ArrayRecord(fresh_model(run_context(cfg)).state_dict())
+    ask = Message(
+        RecordDict({"arrays": model, "config": ConfigRecord({"server-round": 1})}),
+        dst_node_id=grid.node_ids[0],
+        message_type="train",
+    )
+    (reply,) = grid.send_and_receive([ask])
+    names = {id(record): name for name, record in reply.content.items()}
+    lines = [f"| object ({codec} reply) | bytes |", "|---|---|"]
+    total = 0
+    for obj in get_all_nested_objects(reply).values():
+        size = len(obj.deflate())
+        total += size
+        label = type(obj).__name__ + (f" `{names[id(obj)]}`" if id(obj) in names else "")
+        lines.append(f"| {label} | {size:,} |")
+    lines.append(f"| **whole message** | **{total:,}** |")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Accuracy against uplink payload bytes per run, one panel per scenario."""
     import matplotlib
@@ -252,7 +294,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("codecs", "attack", "downlink", "table"))
+    parser.add_argument("mode", choices=("codecs", "attack", "downlink", "overhead", "table"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS))
     parser.add_argument("--codecs", nargs="+", default=list(CODECS))
@@ -260,6 +302,9 @@ def main() -> None:
     parser.add_argument("--codec", default="topk", help="the codec of the attack runs")
     parser.add_argument("--plot", type=Path, help="where to draw the accuracy-bytes front")
     args = parser.parse_args()
+    if args.mode == "overhead":
+        print(overhead(args.codec))
+        return
     if args.mode == "codecs":
         measure(
             [(s, c, seed, []) for s in args.scenarios for c in args.codecs for seed in args.seeds],
