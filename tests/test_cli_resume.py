@@ -47,8 +47,11 @@ def uninterrupted(out: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.e2e
-def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_model(shared_data_root, tmp_path):
-    env = {**os.environ, "FL_IOT_DATA_ROOT": str(shared_data_root)}
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_model(
+    shared_data_root, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("FL_IOT_DATA_ROOT", str(shared_data_root))  # the in-process reference too
+    env = dict(os.environ)
     run_dir, log = tmp_path / "run", tmp_path / "killed.log"
     with log.open("w") as output:
         run = subprocess.Popen(
