@@ -1,7 +1,7 @@
 """Communication: codec × scenario × seed, bytes on the wire against accuracy.
 
 Every scenario at its default size, in process (the robustness probe's loop, no Ray), once per
-codec (``compression=none|float16|qsgd8|qsgd4|topk|topk_q8``) and seed. Each run's
+codec (``compression=none|float16|qsgd8|qsgd4|topk|topk_3pct|topk_q8``) and seed. Each run's
 ``summary.json`` ``communication`` section gives the measured bytes (payload and whole
 messages, up and down), the uncompressed uplink computed beside them and the raw-data baseline.
 ``attack`` runs ``strategy=trusted`` on healthcare_wearables at 20 % ALIE and 20 % scaling, with
@@ -10,7 +10,7 @@ scenario. Every run appends one JSON line to ``--out`` (runs already there are
 skipped); the tables, and with ``--plot P`` the accuracy-against-bytes front (a PNG at ``P``,
 ``docs/communication.png``), are written from it.
 
-Usage (from the repository root; about 25 minutes for the codec grid here)::
+Usage (from the repository root; about 30 minutes for the codec grid here)::
 
     source benchmarks/offline_env.sh
     .venv/bin/python benchmarks/communication.py codecs --out /tmp/communication.jsonl
@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SCENARIOS = ("healthcare_wearables", "industrial_maintenance", "smart_home", "vehicle_fleet")
-CODECS = ("none", "float16", "qsgd8", "qsgd4", "topk", "topk_q8")
+CODECS = ("none", "float16", "qsgd8", "qsgd4", "topk", "topk_3pct", "topk_q8")
 SEEDS = (0, 1, 2)
 GOAL_REDUCTION, GOAL_LOSS = 0.97, 0.01
 DOWNLINK = ["+compression.downlink={codec:qsgd,bits:8}"]
