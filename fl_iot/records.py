@@ -16,8 +16,12 @@ TRAFFIC_KEYS = (
     "message_bytes_down",
     "uncompressed_payload_bytes_up",
     "uncompressed_payload_bytes_down",
+    "eval_message_bytes_up",
+    "eval_message_bytes_down",
 )
-"""The byte counts of a device's training traffic in a round (see :class:`RoundRecord`)."""
+"""The byte counts of a device's traffic in a round (see :class:`RoundRecord`)."""
+EVALUATION_TRAFFIC_KEYS = ("eval_message_bytes_up", "eval_message_bytes_down")
+"""Those of federated evaluation: the model down, the device's scores up (whole messages)."""
 
 
 @dataclass
@@ -36,8 +40,9 @@ class RoundRecord:
     its duration, the count of each outcome and the bytes moved. A device's entry also holds
     its training traffic (``payload_bytes_up``/``_down``: the update and the model alone,
     ``message_bytes_up``/``_down``: whole serialised messages, ``uncompressed_payload_bytes_up``
-    and ``_down``: the whole model either would weigh uncompressed), and ``communication`` their
-    sums over the round.
+    and ``_down``: the whole model either would weigh uncompressed; ``eval_message_bytes_up`` and
+    ``_down``: federated evaluation's whole messages), and ``communication`` their sums over the
+    round.
     """
 
     round: int

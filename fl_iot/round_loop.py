@@ -59,7 +59,7 @@ from fl_iot.federation import Federation
 from fl_iot.fleet import DeviceOutcome, ideal_fleet
 from fl_iot.message_size import header_bytes, payload_bytes, wire_bytes
 from fl_iot.metrics import scores
-from fl_iot.records import TRAFFIC_KEYS, RoundRecord, RoundSink
+from fl_iot.records import EVALUATION_TRAFFIC_KEYS, TRAFFIC_KEYS, RoundRecord, RoundSink
 from fl_iot.roster import DeviceOrderedGrid, Roster
 from fl_iot.rounds import RoundsConfig
 from fl_iot.schedule import Collected, RoundScheduler
@@ -395,6 +395,28 @@ class RoundLoop:
                 entry["uncompressed_payload_bytes_up"] = float(model_bytes)
         record.communication = communication_totals(record.devices.values())
 
+    def _record_evaluation_traffic(
+        self, record: RoundRecord, sent: Sequence[Message], answers: Sequence[Answer]
+    ) -> None:
+        """Each evaluated device's whole-message bytes: the model down, its scores up."""
+        down: dict[int, int] = {}
+        for message in sent:
+            if id(message.content) not in down:
+                down[id(message.content)] = wire_bytes(message)
+            _, entry = self._device_entry(record, message.metadata.dst_node_id)
+            entry["eval_message_bytes_down"] = float(
+                down[id(message.content)] + header_bytes(message)
+            )
+        for answer in answers:
+            _, entry = self._device_entry(record, answer.node_id)
+            reply = answer.reply
+            entry["eval_message_bytes_up"] = float(
+                header_bytes(reply) + (wire_bytes(reply) if reply.has_content() else 0)
+            )
+        totals = communication_totals(record.devices.values())
+        for key in EVALUATION_TRAFFIC_KEYS:
+            record.communication[key] = totals[key]
+
     def _scheduler(self) -> RoundScheduler:
         if self.scheduler is None:
             self.scheduler = RoundScheduler(
@@ -430,6 +452,7 @@ class RoundLoop:
             return
         messages = self._compressed_models(server_round, 1, messages)
         answers = self._send(grid, messages)
+        self._record_evaluation_traffic(record, messages, answers)
         evaluations: list[DeviceEvaluation] = []
         for answer in answers:
             key, entry = self._device_entry(record, answer.node_id)

@@ -81,6 +81,14 @@ def test_without_compression_the_update_weighs_the_model(tmp_path):
     entry = records[0]["devices"]["0"]
     assert entry["payload_bytes_up"] == entry["payload_bytes_down"]
     assert entry["message_bytes_up"] > entry["payload_bytes_up"]
+    # Federated evaluation: 3 of 6 devices a round get the model and send their scores.
+    evaluated = [e for e in records[0]["devices"].values() if "eval_message_bytes_down" in e]
+    assert len(evaluated) == 3
+    assert all(e["eval_message_bytes_down"] > e["payload_bytes_down"] for e in evaluated)
+    assert all(0 < e["eval_message_bytes_up"] < 2000 for e in evaluated)
+    assert traffic["eval_message_bytes_down"] == sum(
+        e.get("eval_message_bytes_down", 0) for r in records for e in r["devices"].values()
+    )
 
 
 def test_a_device_class_can_send_uncompressed_while_the_others_compress(tmp_path):

@@ -99,7 +99,10 @@ def summarize(
 def communication_summary(
     records: list[RoundRecord], raw_data: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The run's training traffic: totals, per device class, against uncompressed and raw data.
+    """The run's traffic: totals, per device class, against uncompressed and raw data.
+
+    Training's payload and message bytes, and federated evaluation's messages
+    (``eval_message_bytes_up``/``_down``) apart.
 
     Summed from the devices' per-round byte counts (see :class:`~fl_iot.records.RoundRecord`).
     ``uncompressed_message_bytes_up``/``_down`` are what the messages would have weighed
@@ -114,7 +117,7 @@ def communication_summary(
     by_class: dict[str, dict[str, float]] = {}
     for record in records:
         for entry in record.devices.values():
-            if "message_bytes_down" not in entry and "message_bytes_up" not in entry:
+            if not any(key in entry for key in TRAFFIC_KEYS):
                 continue
             sums = by_class.setdefault(
                 str(entry.get("device_class", "?")), dict.fromkeys(TRAFFIC_KEYS, 0.0)
