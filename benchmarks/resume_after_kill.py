@@ -15,7 +15,9 @@ Usage (from the repository root; about 15 minutes for 10 runs here)::
     .venv/bin/python benchmarks/resume_after_kill.py --runs 10 --out /tmp/resume.jsonl
 
 Other Hydra overrides replace the default config after ``--``. Runs already in ``--out`` are
-skipped; ``--table-only`` prints the table from ``--out``.
+skipped; ``--table-only`` prints the table from ``--out``. ``--checkpoint-cost`` instead runs the
+default scenario (healthcare_wearables, 20 rounds) once in process and prints the share of its
+wall time spent writing checkpoints, and the checkpoint's size.
 """
 
 from __future__ import annotations
@@ -133,8 +135,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill points")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--checkpoint-cost", action="store_true")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
     args = parser.parse_args()
+    if args.checkpoint_cost:
+        print(checkpoint_cost())
+        return
     overrides = list(args.overrides) or list(DEFAULT)
     if not args.table_only:
         measure(args.runs, args.seed, overrides, args.out)
@@ -186,6 +192,42 @@ def measure(runs: int, seed: int, overrides: list[str], out: Path) -> None:
         with out.open("a") as handle:
             handle.write(json.dumps(result) + "\n")
         print(json.dumps(result), flush=True)
+
+
+def checkpoint_cost() -> str:
+    """Wall time of the default run and of its checkpoint writes, side by side in one run."""
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import DictConfig, OmegaConf
+
+    import fl_iot.server as server
+    from fl_iot.checkpoint import SERVER_FILE, checkpoint_dir, write_checkpoint
+    from fl_iot.client_app import build_client_app
+    from fl_iot.run_config import compose_config
+    from tests.in_process_grid import InProcessGrid
+
+    GlobalHydra.instance().clear()
+    composed = compose_config(("tracking.sinks=[summary]",))
+    cfg = OmegaConf.create(OmegaConf.to_container(composed, resolve=True))
+    assert isinstance(cfg, DictConfig)
+    writes: list[float] = []
+
+    def timed(run_dir: Path, checkpoint: Any) -> None:
+        started = time.perf_counter()
+        write_checkpoint(run_dir, checkpoint)
+        writes.append(time.perf_counter() - started)
+
+    server.write_checkpoint = timed  # type: ignore[assignment]
+    out = Path(tempfile.mkdtemp(prefix="checkpoint_cost_"))
+    grid = InProcessGrid(build_client_app(lambda _: cfg), cfg.scenario.num_devices)
+    started = time.perf_counter()
+    server.run_server(grid, cfg, out)
+    total = time.perf_counter() - started
+    size = (checkpoint_dir(out) / SERVER_FILE).stat().st_size
+    return (
+        f"default run: {total:.1f} s for {len(writes)} rounds; checkpoint writes "
+        f"{sum(writes):.3f} s ({sum(writes) / total:.1%}), last {1000 * writes[-1]:.1f} ms, "
+        f"{size / 1024:.0f} KiB"
+    )
 
 
 def table(results: list[dict[str, Any]]) -> str:

@@ -1,4 +1,4 @@
-"""Compressed updates on the wire: a Flower client mod encodes, one function decodes.
+"""Compressed traffic: a client mod encodes each update, one function decodes it; the model down.
 
 A device encodes the difference between the model it trained and the global model it received
 (flattened over the floating-point arrays, in the received model's key order), adds the error
@@ -16,6 +16,11 @@ Error feedback (Karimireddy et al., ICML 2019; Stich et al., NeurIPS 2018): the 
 ``v - decode(encode(v))`` is kept in ``context.state`` (:data:`RESIDUAL`) and added to the next
 round's update, so what top-k leaves out is sent later instead of lost. It is reset when the
 model's size changes.
+
+The downlink: :func:`encode_model` compresses the global model itself (the device holds nothing
+to add a difference to) with its float arrays' layout beside the bytes, and
+:func:`model_decoder_mod` decodes it on the device before the handlers; the server decodes each
+update against the model as the device decoded it.
 """
 
 from __future__ import annotations
