@@ -21,6 +21,7 @@ call (a ``query`` message) before the first round.
 
 from __future__ import annotations
 
+from strategies.decoding import UNDECODABLE_ERROR_CODE
 from strategies.validation import DEVICE_ID_KEY, DEVICE_RECORD
 
 ARRAYS = "arrays"
@@ -67,9 +68,9 @@ OFFLINE_ERROR_CODE = 4202
 """Error code a simulated device replies with when it went offline mid-training (a real one is
 simply never heard from; the simulation needs the reply to free its worker)."""
 
-MALFORMED_UPDATE_ERROR_CODE = 4203
+MALFORMED_UPDATE_ERROR_CODE = UNDECODABLE_ERROR_CODE
 """Error code the server gives a train reply whose compressed update it could not decode (the
-reply is refused before any strategy sees it)."""
+reply is refused before any strategy sees it; the code of :class:`strategies.DecodedUpdates`)."""
 
 ROLL_CALL = "query.roll_call"
 """Message type of the roll call that maps Flower node ids to device ids."""
