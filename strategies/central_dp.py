@@ -75,14 +75,17 @@ from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 from strategies.arrays import ArrayFormatError, ModelSpec, restore_layout
 from strategies.report import RoundReport
 from strategies.validation import clone_reply
+from strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger(__name__)
 
 ROBUST_RULES = (FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan)
 
 
-class CentralDP(Strategy):
+class CentralDP(StrategyWrapper):
     """Server-side DP with fixed clipping around ``strategy``, accounted per round.
+
+    Evaluation passes through unprivatised: it releases only metrics to the server.
 
     Parameters
     ----------
@@ -129,7 +132,7 @@ class CentralDP(Strategy):
             raise ValueError(f"central DP max_weight_ratio must be >= 1, got {max_weight_ratio}")
         if not 0 < delta < 1:
             raise ValueError(f"central DP delta must be in (0, 1), got {delta}")
-        self.strategy = strategy
+        super().__init__(strategy)
         self.noise_multiplier = noise_multiplier
         self.max_weight_ratio = max_weight_ratio
         self.num_sampled_devices = num_sampled_devices
@@ -219,18 +222,6 @@ class CentralDP(Strategy):
             self._last_round.update(released=True, effective_noise_multiplier=effective)
         return arrays, metrics
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Evaluation is not privatised (it releases only metrics to the server)."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Pass evaluation through."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
     def privacy_spent(self) -> PrivacySpent:
         """What the released rounds spent at ``delta``, without amplification by sampling.
 
@@ -287,7 +278,7 @@ class CentralDP(Strategy):
         return {**dict(report), "central_dp": section}
 
 
-class _FloatArraysOnly(Strategy):
+class _FloatArraysOnly(StrategyWrapper):
     """What Flower's DP wrapper sees of the wrapped strategy: the floating-point arrays only.
 
     Flower's clipping scales every array of an update in place (an integer array cannot be
@@ -301,8 +292,7 @@ class _FloatArraysOnly(Strategy):
     """
 
     def __init__(self, strategy: Strategy) -> None:
-        super().__init__()
-        self.strategy = strategy
+        super().__init__(strategy)
         self._model: ArrayRecord | None = None
         self._fixed: frozenset[str] = frozenset()
 
@@ -345,16 +335,6 @@ class _FloatArraysOnly(Strategy):
         )
         return clone_reply(reply, content)
 
-    def summary(self) -> None:
-        """Log the wrapped strategy's summary."""
-        self.strategy.summary()
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate."""
-        return self.strategy.configure_train(server_round, arrays, config, grid)
-
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -364,15 +344,3 @@ class _FloatArraysOnly(Strategy):
         if arrays is not None and self._model is not None:
             arrays = self.float_record(arrays)
         return arrays, metrics
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Delegate."""
-        return self.strategy.aggregate_evaluate(server_round, replies)

@@ -21,6 +21,8 @@ from flwr.app.message import make_message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from strategies.wrapper import StrategyWrapper
+
 log = logging.getLogger(__name__)
 
 Decode = Callable[[RecordDict, ArrayRecord], RecordDict]
@@ -30,7 +32,7 @@ UNDECODABLE_ERROR_CODE = 4203
 """Error code of a train reply whose content could not be decoded."""
 
 
-class DecodedUpdates(Strategy):
+class DecodedUpdates(StrategyWrapper):
     """Decodes train replies with ``decode`` before ``strategy`` aggregates them (see module).
 
     Parameters
@@ -44,7 +46,7 @@ class DecodedUpdates(Strategy):
     """
 
     def __init__(self, strategy: Strategy, decode: Decode, keep_rounds: int = 2) -> None:
-        self.strategy = strategy
+        super().__init__(strategy)
         self.decode = decode
         self.keep_rounds = keep_rounds
         self._sent: dict[int, ArrayRecord] = {}
@@ -88,19 +90,3 @@ class DecodedUpdates(Strategy):
             )
         reply.content = content
         return reply
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """As the strategy does."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """As the strategy does."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        """The strategy's summary."""
-        self.strategy.summary()
