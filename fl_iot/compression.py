@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -51,8 +51,16 @@ class CompressionConfig(CodecConfig):
     classes: dict[str, Any] = field(default_factory=dict)
 
 
-def compression_config(cfg: DictConfig) -> tuple[CompressionConfig, dict[str, CodecConfig]]:
-    """``cfg.compression`` typed, and its per-class settings (no section at all: ``none``).
+class CompressionSettings(NamedTuple):
+    """``cfg.compression`` typed: the fleet's codec, each class's own, the downlink's."""
+
+    fleet: CompressionConfig
+    classes: dict[str, CodecConfig]
+    downlink: CodecConfig
+
+
+def compression_config(cfg: DictConfig) -> CompressionSettings:
+    """``cfg.compression`` typed (no section at all: ``none`` everywhere).
 
     Raises
     ------
@@ -65,16 +73,13 @@ def compression_config(cfg: DictConfig) -> tuple[CompressionConfig, dict[str, Co
         typed = OmegaConf.to_object(merged)
         assert isinstance(typed, CompressionConfig)
         classes = {str(name): _codec_config(setting) for name, setting in typed.classes.items()}
-        classes[DOWNLINK] = _codec_config(typed.downlink)
+        downlink = _codec_config(typed.downlink)
     except OmegaConfBaseException as error:
         raise ConfigError(
             f"compression: {str(error).splitlines()[0]}; a codec setting has the keys "
             f"{', '.join(f.name for f in fields(CodecConfig))}"
         ) from None
-    return typed, classes
-
-
-DOWNLINK = "<downlink>"
+    return CompressionSettings(typed, classes, downlink)
 
 
 def _codec_config(setting: Any) -> CodecConfig:
@@ -91,8 +96,7 @@ def downlink_compression(cfg: DictConfig) -> Compression | None:
     ConfigError
         For top-k (it would zero most of the model) or a setting :func:`build_codec` refuses.
     """
-    _, classes = compression_config(cfg)
-    setting = classes[DOWNLINK]
+    setting = compression_config(cfg).downlink
     if setting.codec == "topk":
         raise ConfigError(
             "compression.downlink.codec=topk would send a model with most of its weights zero; "
@@ -162,8 +166,7 @@ def _name(setting: CodecConfig) -> str:
 
 def compression_by_class(cfg: DictConfig) -> dict[str, Compression | None]:
     """Every device class's setting (``None``: uncompressed)."""
-    config, classes = compression_config(cfg)
-    classes.pop(DOWNLINK)
+    config, classes, _ = compression_config(cfg)
     unknown = sorted(set(classes) - set(cfg.device_classes))
     if unknown:
         raise ConfigError(

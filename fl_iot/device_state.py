@@ -32,8 +32,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as RecordDictProto
 
-from fl_iot.protocol import CONFIG as SERVER_ROUND_RECORD
-from fl_iot.protocol import SERVER_ROUND
+from fl_iot import protocol as P
 
 _SNAPSHOT = re.compile(r"round-(\d+)\.state")
 KEEP_SNAPSHOTS = 2
@@ -102,8 +101,8 @@ class DeviceStateStore:
 
 def server_round_of(msg: Message) -> int:
     """The server round a message names in its config (0 without one)."""
-    config = msg.content.get(SERVER_ROUND_RECORD) if msg.has_content() else None
-    value = config.get(SERVER_ROUND, 0) if isinstance(config, ConfigRecord) else 0
+    config = msg.content.get(P.CONFIG) if msg.has_content() else None
+    value = config.get(P.SERVER_ROUND, 0) if isinstance(config, ConfigRecord) else 0
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 

@@ -221,7 +221,7 @@ class RoundLoop:
         # Bytes as they came, compressed: what the upload took on the simulated clock.
         uploaded = {a.node_id: wire_bytes(a.reply) for a in answers if a.reply.has_content()}
         model_bytes = payload_bytes(RecordDict({P.ARRAYS: arrays}), [P.ARRAYS])
-        self._record_traffic(record, plan.to_send, answers, model_bytes)
+        self._record_traffic(record, plan.to_send, answers, uploaded, model_bytes)
         answers = self._decoded(server_round, plan.to_send, answers)
         collected = scheduler.collect(server_round, plan, answers, uploaded)
         report_outcomes(self.strategy, server_round, collected.unanswered)
@@ -362,15 +362,16 @@ class RoundLoop:
         record: RoundRecord,
         sent: Sequence[Message],
         answers: Sequence[Answer],
+        uploaded: Mapping[int, int],
         model_bytes: int,
     ) -> None:
         """Each device's bytes this round: the model or update alone, and whole messages.
 
         ``payload`` is the model down and the update up (its ``ArrayRecord``, or the compressed
         record that replaces it); ``message`` is the whole serialised message, header, config
-        and metrics included. Replies are measured as they came, before decoding.
-        ``model_bytes`` is the uncompressed model's payload, which an uncompressed update or
-        download would weigh.
+        and metrics included. Replies are measured as they came, before decoding (``uploaded``:
+        their content's bytes by node, error replies absent). ``model_bytes`` is the uncompressed
+        model's payload, which an uncompressed update or download would weigh.
         """
         payload = (P.ARRAYS, COMPRESSED, COMPRESSED_MODEL)
         down: dict[int, tuple[int, int]] = {}
@@ -386,9 +387,7 @@ class RoundLoop:
         for answer in answers:
             _, entry = self._device_entry(record, answer.node_id)
             reply = answer.reply
-            entry["message_bytes_up"] = float(
-                header_bytes(reply) + (wire_bytes(reply) if reply.has_content() else 0)
-            )
+            entry["message_bytes_up"] = float(header_bytes(reply) + uploaded.get(answer.node_id, 0))
             if reply.has_content():
                 entry["payload_bytes_up"] = float(payload_bytes(reply.content, payload))
                 # What the update would have weighed uncompressed: a whole model.
