@@ -35,6 +35,23 @@ def run_cli(
     )
 
 
+def start_cli(*args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``python -m fl_iot <args>`` in a session of its own, its output into ``log``.
+
+    A session of its own, so that a test can signal or account for the run's whole process
+    group (Ray's workers, the reaper) and clean it up.
+    """
+    with log.open("w") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fl_iot", *args],
+            cwd=REPO_ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def run_dir_override(path: Path) -> str:
     """The override that puts a single run's outputs in ``path``."""
     return f"hydra.run.dir={path}"

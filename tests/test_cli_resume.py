@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,8 +22,7 @@ from fl_iot.checkpoint import device_state_dir, read_checkpoint
 from fl_iot.client_app import build_client_app
 from fl_iot.run_config import compose_config
 from fl_iot.server import run_server
-from tests.conftest import REPO_ROOT
-from tests.e2e import run_cli, run_dir_override
+from tests.e2e import run_cli, run_dir_override, start_cli
 from tests.in_process_grid import InProcessGrid
 from tests.processes import kill_all, session_members
 
@@ -50,18 +47,10 @@ def uninterrupted(out: Path) -> dict[str, torch.Tensor]:
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_model(
     shared_data_root, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv("FL_IOT_DATA_ROOT", str(shared_data_root))  # the in-process reference too
-    env = dict(os.environ)
+    # The data root for the command, its resume and the in-process reference alike.
+    monkeypatch.setenv("FL_IOT_DATA_ROOT", str(shared_data_root))
     run_dir, log = tmp_path / "run", tmp_path / "killed.log"
-    with log.open("w") as output:
-        run = subprocess.Popen(
-            [sys.executable, "-m", "fl_iot", *RUN, run_dir_override(run_dir)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    run = start_cli(*RUN, run_dir_override(run_dir), log=log)
     seen: set[int] = set()
     try:
         deadline = time.monotonic() + 300
@@ -80,7 +69,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_model(
     done = read_checkpoint(run_dir).round
     assert 2 <= done < 5
 
-    resumed = run_cli(f"resume={run_dir}", env=env)
+    resumed = run_cli(f"resume={run_dir}")
 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"fl-iot: resuming {run_dir} after round {done} of 5" in resumed.stderr
@@ -94,7 +83,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_model(
     for key in model:
         np.testing.assert_array_equal(model[key].numpy(), expected[key].numpy())
 
-    again = run_cli(f"resume={run_dir}", env=env)
+    again = run_cli(f"resume={run_dir}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "has completed all 5 rounds; nothing to resume" in again.stderr
 

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from fl_iot.reaper import descendants
 from fl_iot.simulation import RunStopped, StoppableGrid
-from tests.conftest import REPO_ROOT
+from tests.e2e import start_cli
 from tests.processes import kill_all, session_members, wait_until_gone
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
@@ -87,18 +86,16 @@ def test_a_run_stopped_by_a_signal_leaves_nothing_running(
     shared_data_root, tmp_path, signum, to_group
 ):
     run_dir, log = tmp_path / "run", tmp_path / "output.log"
-    with log.open("w") as output:
-        run = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "fl_iot", "scenario=smart_home", "scenario.num_rounds=50"),
-                *("tracking.sinks=[console,summary,jsonl]", f"hydra.run.dir={run_dir}"),
-            ],
-            cwd=REPO_ROOT,
-            env={**os.environ, "FL_IOT_DATA_ROOT": str(shared_data_root)},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    run = start_cli(
+        *(
+            "scenario=smart_home",
+            "scenario.num_rounds=50",
+            "tracking.sinks=[console,summary,jsonl]",
+        ),
+        f"hydra.run.dir={run_dir}",
+        log=log,
+        env={"FL_IOT_DATA_ROOT": str(shared_data_root)},
+    )
     seen: set[int] = set()
     try:
         deadline = time.monotonic() + 300
