@@ -7,7 +7,9 @@ those serialisations, so they are what crosses the wire, not an estimate from pa
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from flwr.app import Message, RecordDict
 from flwr.supercore.inflatable.inflatable_object import InflatableObject, get_all_nested_objects
@@ -56,3 +58,63 @@ def header_bytes(message: Message) -> int:
 def payload_bytes(content: RecordDict, names: Iterable[str]) -> int:
     """Bytes of the records ``names`` of ``content`` (the model, or the compressed update)."""
     return sum(_deflated_bytes(record, [record]) for name in names if (record := content.get(name)))
+
+
+class ReplyBytes(NamedTuple):
+    """A reply's bytes as it came: its content, its header, and each of its records."""
+
+    content: int
+    header: int
+    records: dict[str, int]
+
+    def of(self, names: Iterable[str]) -> int:
+        """Bytes of the records ``names`` (as :func:`payload_bytes` counts them)."""
+        return sum(self.records.get(name, 0) for name in names)
+
+
+_MEASURED: weakref.WeakKeyDictionary[Message, tuple[RecordDict | None, ReplyBytes]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def reply_bytes(reply: Message) -> ReplyBytes:
+    """The bytes of a reply (:func:`wire_bytes`, :func:`header_bytes`, :func:`payload_bytes`).
+
+    Measured once per reply and content: whoever first holds the reply can measure it (a
+    gateway grid measures the replies it unpacks while later gateways are still training) and
+    the round loop then reads the same figures. Each serialised object is deflated once, rather
+    than once for each figure.
+    """
+    content = reply.content if reply.has_content() else None
+    cached = _MEASURED.get(reply)
+    if cached is not None and cached[0] is content:
+        return cached[1]
+    records: dict[str, int] = {}
+    unique: dict[str, int] = {}
+    own = 0
+    if content is not None:
+        for name, record in content.items():
+            sizes: dict[str, int] = {}
+            try:
+                _subtree_bytes(record, record.object_id, sizes)
+                records[name] = sum(sizes.values())
+            except (ValueError, OverflowError, TypeError):
+                sizes = {}
+                records[name] = 0
+            unique.update(sizes)
+        try:
+            own = len(content.deflate())
+        except (ValueError, OverflowError, TypeError):
+            own = 0
+    measured = ReplyBytes(sum(unique.values()) + own, header_bytes(reply), records)
+    _MEASURED[reply] = (content, measured)
+    return measured
+
+
+def _subtree_bytes(obj: InflatableObject, object_id: str, sizes: dict[str, int]) -> None:
+    """Add the bytes of ``obj`` and of everything below it to ``sizes`` (by object id, once)."""
+    if object_id in sizes:
+        return
+    for child_id, child in (obj.children or {}).items():
+        _subtree_bytes(child, child_id, sizes)
+    sizes[object_id] = len(obj.deflate())

@@ -57,7 +57,7 @@ from clients.privacy.reporting import privacy_summary
 from fl_iot import protocol as P
 from fl_iot.federation import Federation
 from fl_iot.fleet import DeviceOutcome, ideal_fleet
-from fl_iot.message_size import header_bytes, payload_bytes, wire_bytes
+from fl_iot.message_size import header_bytes, payload_bytes, reply_bytes, wire_bytes
 from fl_iot.metrics import scores
 from fl_iot.records import EVALUATION_TRAFFIC_KEYS, TRAFFIC_KEYS, RoundRecord, RoundSink
 from fl_iot.roster import DeviceOrderedGrid, Roster
@@ -219,7 +219,9 @@ class RoundLoop:
         plan = scheduler.plan(server_round, messages, arrays)
         answers = self._send(grid, plan.to_send)
         # Bytes as they came, compressed: what the upload took on the simulated clock.
-        uploaded = {a.node_id: wire_bytes(a.reply) for a in answers if a.reply.has_content()}
+        uploaded = {
+            a.node_id: reply_bytes(a.reply).content for a in answers if a.reply.has_content()
+        }
         model_bytes = payload_bytes(RecordDict({P.ARRAYS: arrays}), [P.ARRAYS])
         self._record_traffic(record, plan.to_send, answers, uploaded, model_bytes)
         answers = self._decoded(server_round, plan.to_send, answers)
@@ -387,9 +389,10 @@ class RoundLoop:
         for answer in answers:
             _, entry = self._device_entry(record, answer.node_id)
             reply = answer.reply
-            entry["message_bytes_up"] = float(header_bytes(reply) + uploaded.get(answer.node_id, 0))
+            measured = reply_bytes(reply)
+            entry["message_bytes_up"] = float(measured.header + uploaded.get(answer.node_id, 0))
             if reply.has_content():
-                entry["payload_bytes_up"] = float(payload_bytes(reply.content, payload))
+                entry["payload_bytes_up"] = float(measured.of(payload))
                 # What the update would have weighed uncompressed: a whole model.
                 entry["uncompressed_payload_bytes_up"] = float(model_bytes)
         record.communication = communication_totals(record.devices.values())
@@ -409,9 +412,8 @@ class RoundLoop:
         for answer in answers:
             _, entry = self._device_entry(record, answer.node_id)
             reply = answer.reply
-            entry["eval_message_bytes_up"] = float(
-                header_bytes(reply) + (wire_bytes(reply) if reply.has_content() else 0)
-            )
+            measured = reply_bytes(reply)
+            entry["eval_message_bytes_up"] = float(measured.header + measured.content)
         totals = communication_totals(record.devices.values())
         for key in EVALUATION_TRAFFIC_KEYS:
             record.communication[key] = totals[key]

@@ -278,3 +278,31 @@ def test_the_progress_line_and_wandb_show_the_simulated_clock():
         simulated
     )
     assert round_metrics(simulated)["fleet/clock_s"] == 3725.0
+
+
+def test_a_reply_is_measured_once_and_as_the_separate_measures_count_it():
+    """``reply_bytes`` is ``wire_bytes``, ``header_bytes`` and ``payload_bytes`` in one pass,
+    identical arrays (Flower sends them once) included, and is recomputed for new content."""
+    from fl_iot.message_size import header_bytes, payload_bytes, reply_bytes
+
+    set_task_identity()
+    sent = Message(RecordDict(), dst_node_id=3, message_type="train")
+    sent.metadata.__dict__["_message_id"] = "m"
+    zeros = np.zeros(64, dtype=np.float32)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord([np.ones((8, 8), dtype=np.float32), zeros, zeros.copy()]),
+            "metrics": MetricRecord({"num-examples": 7}),
+            "copy": ArrayRecord([zeros.copy()]),
+        }
+    )
+    reply = Message(content, reply_to=sent)
+    measured = reply_bytes(reply)
+    assert measured.content == wire_bytes(reply)
+    assert measured.header == header_bytes(reply)
+    assert measured.of(["arrays"]) == payload_bytes(content, ["arrays"])
+    assert measured.of(["arrays", "copy"]) == payload_bytes(content, ["arrays", "copy"])
+    assert measured.content < sum(measured.records.values()) + 200  # shared chunks once
+    assert reply_bytes(reply) is measured
+    reply.content = RecordDict({"metrics": MetricRecord({"num-examples": 7})})
+    assert reply_bytes(reply).content == wire_bytes(reply) < measured.content
