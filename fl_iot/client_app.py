@@ -18,10 +18,12 @@ from omegaconf import DictConfig
 
 from clients.compression import Compression, compression_mod, model_decoder_mod
 from clients.compression.wire import CompressionOf
+from clients.gateway import gateway_mod
 from fl_iot.device_runtime import (
     TrainingDeclinedError,
     WentOfflineError,
     device_id_of,
+    devices_served,
     evaluate_on_device,
     run_context,
     train_on_device,
@@ -40,16 +42,18 @@ ConfigSource = Callable[[Context], DictConfig]
 def build_client_app(config_source: ConfigSource, state_dir: Path | None = None) -> ClientApp:
     """Build the ClientApp whose handlers read the run's config from ``config_source``.
 
-    Three mods wrap the handlers. A compressed global model (``compression.downlink``) is
-    decoded first (:func:`clients.compression.model_decoder_mod`). Innermost, the device
-    class's codec (``compression``) encodes each train reply
+    Four mods wrap the handlers, per device. Outermost, on a gateway node (``gateways`` in
+    the config), :func:`clients.gateway.gateway_mod` runs the rest once for each device a
+    message addresses, with the device's own identity and state. Next, with ``state_dir`` (the
+    simulation gives its run's ``checkpoint/devices``), each device keeps its ``context.state``
+    there after every training round and reads it back before the next
+    (:func:`fl_iot.device_state.persisted_state_mod`), so that a resumed run continues every
+    device's DP ledger, partial update and residual; without one (``flwr run`` on SuperNodes)
+    the state lives in memory for one Flower run, as Flower keeps it. Then a compressed global
+    model (``compression.downlink``) is decoded (:func:`clients.compression.model_decoder_mod`).
+    Innermost, the device class's codec (``compression``) encodes each train reply
     (:func:`clients.compression.compression_mod`), keeping its error-feedback residual in
-    ``context.state``. Outermost, with ``state_dir`` (the simulation gives its run's
-    ``checkpoint/devices``), each device keeps its ``context.state`` there after every training
-    round and reads it back before the next (:func:`fl_iot.device_state.persisted_state_mod`),
-    so that a resumed run continues every device's DP ledger, partial update and residual.
-    Without one (``flwr run`` on SuperNodes), the state lives in memory for one Flower run, as
-    Flower keeps it.
+    ``context.state``.
     """
     mods = [
         model_decoder_mod(lambda msg, context: run_context(config_source(context)).downlink),
@@ -57,6 +61,9 @@ def build_client_app(config_source: ConfigSource, state_dir: Path | None = None)
     ]
     if state_dir is not None:
         mods.insert(0, persisted_state_mod(DeviceStateStore(state_dir), device_id_of))
+    mods.insert(
+        0, gateway_mod(lambda context: devices_served(context, run_context(config_source(context))))
+    )
     app = ClientApp(mods=mods)
 
     @app.query("roll_call")

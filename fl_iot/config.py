@@ -24,6 +24,7 @@ from fl_iot.data.partition import PARTITION_SCHEMES
 from fl_iot.errors import ConfigError
 from fl_iot.fleet.conditions import FleetConfig
 from fl_iot.fleet.trace import read_trace
+from fl_iot.gateways import GatewaysConfig, gateway_assignment
 from fl_iot.rounds import LateUpdates, PartialUpdates, RoundMode, RoundsConfig
 from fl_iot.tracking import SINK_FACTORIES
 from strategies import AnomalyThresholds
@@ -180,6 +181,7 @@ class Config:
     fleet: FleetConfig = field(default_factory=FleetConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    gateways: GatewaysConfig = field(default_factory=GatewaysConfig)
     seed: int = 0
     # The run directory of an interrupted run to continue (``fl-iot resume=<run dir>``): the run
     # then takes its config from that directory's checkpoint, and no other override is allowed.
@@ -292,6 +294,7 @@ def validate_config(cfg: DictConfig | Config) -> None:
     if isinstance(cfg, DictConfig):
         compression_by_class(cfg)  # refuses an unknown codec, class or parameter
         downlink_compression(cfg)
+        gateway_assignment(cfg)
     for name in cfg.tracking.sinks:
         _require(
             name in SINK_FACTORIES,

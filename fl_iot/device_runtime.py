@@ -32,6 +32,7 @@ from fl_iot.config import (
 )
 from fl_iot.data import FederatedData, load_federated_data
 from fl_iot.federation import Device, Federation, build_federation
+from fl_iot.gateways import Assignment, gateway_assignment
 from fl_iot.metrics import evaluate_model
 from fl_iot.models import model_factory
 
@@ -72,6 +73,7 @@ class RunContext:
     device_classes: dict[str, DeviceClassRuntime]
     compression: dict[str, Compression | None]  # each device class's codec (None: uncompressed)
     downlink: Compression | None  # the global model's codec on the way down
+    gateways: Assignment | None  # each gateway's devices; None: one node per device
     run_key: str  # a digest of the resolved config: names this run in in-process caches
 
 
@@ -118,6 +120,7 @@ def _run_context_cached(cfg_yaml: str) -> RunContext:
         device_classes={name: _device_class_runtime(cfg, name) for name in cfg.device_classes},
         compression=compression_by_class(cfg),
         downlink=downlink_compression(cfg),
+        gateways=gateway_assignment(cfg),
         run_key=hashlib.sha256(cfg_yaml.encode()).hexdigest(),
     )
 
@@ -155,6 +158,30 @@ def device_id_of(context: Context) -> int:
     raise KeyError(
         "node_config has neither 'device-id' nor 'partition-id'; start the SuperNode with "
         '--node-config "device-id=<n>"'
+    )
+
+
+def devices_served(context: Context, run: RunContext) -> tuple[int, ...] | None:
+    """The devices a gateway node serves, or ``None`` for a node that is one device.
+
+    A gateway's index is ``gateway-id`` in its node config on the Deployment Engine and its
+    ``partition-id`` in simulation.
+    """
+    if run.gateways is None:
+        return None
+    node_config = context.node_config
+    for key in ("gateway-id", "partition-id"):
+        if key in node_config:
+            gateway = int(node_config[key])
+            if not 0 <= gateway < len(run.gateways):
+                raise KeyError(
+                    f"{key}={gateway} names no gateway: the run has {len(run.gateways)} "
+                    f"(0..{len(run.gateways) - 1})"
+                )
+            return run.gateways[gateway]
+    raise KeyError(
+        "the run has gateways but node_config has no 'gateway-id'; start the SuperNode with "
+        '--node-config "gateway-id=<n>"'
     )
 
 

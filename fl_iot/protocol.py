@@ -72,5 +72,9 @@ MALFORMED_UPDATE_ERROR_CODE = UNDECODABLE_ERROR_CODE
 """Error code the server gives a train reply whose compressed update it could not decode (the
 reply is refused before any strategy sees it; the code of :class:`strategies.DecodedUpdates`)."""
 
+GATEWAY_ERROR_CODE = 4204
+"""Error code the server gives a device behind a gateway whose reply lacks that device's answer
+(a malformed gateway reply, or one that skips a device it was asked for)."""
+
 ROLL_CALL = "query.roll_call"
 """Message type of the roll call that maps Flower node ids to device ids."""

@@ -22,6 +22,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+from clients.gateway import GatewayFormatError, is_packed, unpack
 from fl_iot.protocol import DEVICE, DEVICE_ID, ROLL_CALL
 from strategies import answered_node, sent_destinations
 
@@ -68,19 +69,32 @@ class Roster:
         return {node: str(device) for node, device in self.node_to_device.items()}
 
 
-def take_roll_call(grid: Grid, num_devices: int, timeout_s: float) -> Roster:
-    """Wait for ``num_devices`` nodes, ask each for its device id, and return the mapping.
+def take_roll_call(
+    grid: Grid, num_devices: int, timeout_s: float, num_nodes: int | None = None
+) -> dict[int, tuple[int, ...]]:
+    """Wait for ``num_nodes`` nodes, ask each which devices it serves, and return the mapping.
+
+    A node that is one device answers with its device id; a gateway (:mod:`clients.gateway`)
+    answers for each of its devices. ``num_nodes`` defaults to ``num_devices`` (one node per
+    device).
+
+    Returns
+    -------
+    dict
+        ``{node_id: (device_id, ...)}``, every device of ``0..num_devices-1`` exactly once.
 
     Raises
     ------
     RosterError
-        If the nodes do not all connect or answer within ``timeout_s``.
+        If the nodes do not all connect or answer within ``timeout_s``, or their devices are not
+        the ``num_devices`` of the run, each once.
     """
+    num_nodes = num_devices if num_nodes is None else num_nodes
     deadline = time.monotonic() + timeout_s
-    while len(node_ids := list(grid.get_node_ids())) < num_devices:
+    while len(node_ids := list(grid.get_node_ids())) < num_nodes:
         if time.monotonic() > deadline:
             raise RosterError(
-                f"only {len(node_ids)} of {num_devices} nodes connected within {timeout_s:.0f} s"
+                f"only {len(node_ids)} of {num_nodes} nodes connected within {timeout_s:.0f} s"
             )
         time.sleep(0.05)
     messages = [
@@ -89,7 +103,7 @@ def take_roll_call(grid: Grid, num_devices: int, timeout_s: float) -> Roster:
     ]
     replies = grid.send_and_receive(messages, timeout=max(1.0, deadline - time.monotonic()))
     sent = sent_destinations(messages)
-    mapping: dict[int, int] = {}
+    mapping: dict[int, tuple[int, ...]] = {}
     for reply in replies:
         node_id = answered_node(reply, sent)
         if node_id is None:
@@ -102,19 +116,62 @@ def take_roll_call(grid: Grid, num_devices: int, timeout_s: float) -> Roster:
         if reply.has_error():
             log.warning("node %s failed the roll call: %s", node_id, reply.error.reason)
             continue
-        record = reply.content.config_records.get(DEVICE)
-        device_id = record.get(DEVICE_ID) if record is not None else None
-        if isinstance(device_id, bool) or not isinstance(device_id, int):
-            log.warning("node %s answered the roll call without a device id", node_id)
-            continue
-        mapping[node_id] = device_id
-    duplicates = len(mapping) - len(set(mapping.values()))
-    if len(mapping) < num_devices or duplicates:
+        devices = _devices_answered(node_id, reply.content)
+        if devices:
+            mapping[node_id] = devices
+    listed = [d for devices in mapping.values() for d in devices]
+    duplicates = len(listed) - len(set(listed))
+    if len(set(listed)) < num_devices or duplicates or set(listed) - set(range(num_devices)):
         raise RosterError(
-            f"roll call: {len(mapping)} of {num_devices} nodes answered with a device id"
+            f"roll call: {len(mapping)} of {num_nodes} nodes answered for {len(set(listed))} "
+            f"of {num_devices} devices"
             + (f", {duplicates} device ids claimed twice" if duplicates else "")
+            + (
+                f", unknown device ids {sorted(set(listed) - set(range(num_devices)))[:5]}"
+                if set(listed) - set(range(num_devices))
+                else ""
+            )
         )
-    return Roster(mapping)
+    return mapping
+
+
+def _devices_answered(node_id: int, content: RecordDict) -> tuple[int, ...]:
+    """The devices a roll-call reply answers for (none, logged, when it is malformed)."""
+    if not is_packed(content):
+        device_id = _device_id(content)
+        if device_id is None:
+            log.warning("node %s answered the roll call without a device id", node_id)
+            return ()
+        return (device_id,)
+    try:
+        answers = unpack(content)
+    except GatewayFormatError as error:
+        log.warning(
+            "node %s answered the roll call with a malformed gateway reply: %s", node_id, error
+        )
+        return ()
+    devices: list[int] = []
+    for device, answer in answers.items():
+        if not isinstance(answer, RecordDict) or _device_id(answer) != device:
+            log.warning(
+                "gateway node %s did not answer the roll call for device %s", node_id, device
+            )
+            continue
+        devices.append(device)
+    return tuple(devices)
+
+
+def _device_id(content: RecordDict) -> int | None:
+    record = content.config_records.get(DEVICE)
+    device_id = record.get(DEVICE_ID) if record is not None else None
+    if isinstance(device_id, bool) or not isinstance(device_id, int):
+        return None
+    return device_id
+
+
+def device_roster(mapping: dict[int, tuple[int, ...]]) -> Roster:
+    """The roster of a roll call in which every node is one device."""
+    return Roster({node: devices[0] for node, devices in mapping.items()})
 
 
 def roll_call_reply(message: Message, device_id: int) -> Message:

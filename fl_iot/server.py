@@ -31,10 +31,11 @@ from fl_iot.config import devices_per_round, to_container
 from fl_iot.device_runtime import RunContext, fresh_model, run_context
 from fl_iot.errors import ConfigError
 from fl_iot.fleet import build_fleet
+from fl_iot.gateway_grid import GatewayGrid, gateway_roster
 from fl_iot.metrics import evaluate_model, scores
 from fl_iot.models import count_parameters
 from fl_iot.records import RoundRecord, RunStatus, RunSummary
-from fl_iot.roster import Roster, take_roll_call
+from fl_iot.roster import Roster, RosterError, device_roster, take_roll_call
 from fl_iot.round_loop import CentralEvaluation, RoundLoop
 from fl_iot.rounds import RoundsConfig
 from fl_iot.schedule import RoundScheduler
@@ -133,6 +134,30 @@ def raw_data_baseline(run: RunContext) -> dict[str, Any]:
     }
 
 
+def connect_devices(grid: Grid, run: RunContext, timeout_s: float) -> tuple[Grid, Roster]:
+    """Take the roll call; the grid and roster the rounds address devices through.
+
+    Without gateways every node is one device and the grid is Flower's. Behind gateways
+    (:mod:`fl_iot.gateways`) the rounds get a :class:`~fl_iot.gateway_grid.GatewayGrid` that
+    addresses each device as a node of its own.
+
+    Raises
+    ------
+    RosterError
+        When nodes are missing, or answer as gateways in a run without them (or the reverse).
+    """
+    num_nodes = len(run.federation) if run.gateways is None else len(run.gateways)
+    mapping = take_roll_call(grid, len(run.federation), timeout_s, num_nodes=num_nodes)
+    if run.gateways is None:
+        if any(len(devices) != 1 for devices in mapping.values()):
+            raise RosterError(
+                "a node answered the roll call for several devices, but the run has no "
+                "gateways (set gateways.devices_per_gateway or gateways.assignment)"
+            )
+        return grid, device_roster(mapping)
+    return GatewayGrid(grid, mapping), gateway_roster(mapping)
+
+
 def initial_arrays(run: RunContext) -> ArrayRecord:
     """The seeded initial global model."""
     torch.manual_seed(run.cfg.seed)
@@ -217,7 +242,7 @@ def run_server(
     central = central_evaluator(run) if cfg.scenario.central_evaluation else None
     initial: dict[str, float] = {}
     try:
-        roster = take_roll_call(grid, len(run.federation), cfg.engine.round_timeout_s)
+        grid, roster = connect_devices(grid, run, cfg.engine.round_timeout_s)
         give_roster(strategy, roster)
         scheduler = build_scheduler(run, roster)
         if checkpoint is not None:

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from fl_iot.checkpoint import device_state_dir
 from fl_iot.client_app import build_client_app
 from fl_iot.errors import ConfigError
+from fl_iot.gateways import num_nodes
 from fl_iot.reaper import start_reaper
 from fl_iot.server import RunResult, run_server
 
@@ -62,7 +63,7 @@ _kept_ray_init_args: dict[str, Any] | None = None
 
 
 def run_in_simulation(cfg: DictConfig, output_dir: Path, resume: bool = False) -> RunResult:
-    """Run the study of ``cfg`` on the Simulation Engine (Ray) with one node per device.
+    """Run the study of ``cfg`` on the Simulation Engine (Ray): one node per device or gateway.
 
     Parameters
     ----------
@@ -117,7 +118,7 @@ def run_in_simulation(cfg: DictConfig, output_dir: Path, resume: bool = False) -
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
-                num_supernodes=cfg.scenario.num_devices,
+                num_supernodes=num_nodes(cfg),
                 backend_config=backend_config,
             )
         except BaseException:

@@ -73,9 +73,22 @@ class InProcessGrid(OfflineGrid):
         }
         self.fault = fault
         self.sent: list[Message] = []
+        self._replies: dict[str, Message] = {}
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Deliver each message at once; its reply waits to be pulled."""
+        ids = []
+        for message in messages:
+            for reply in self.send_and_receive([message]):
+                self._replies[reply.metadata.reply_to_message_id] = reply
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

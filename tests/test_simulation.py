@@ -172,3 +172,29 @@ def test_a_failed_run_shuts_its_session_down(fake_ray):
         raise RuntimeError("actor died")
     assert not fake_ray.up and fake_ray.shutdowns == 1
     assert simulation._kept_ray_init_args is None
+
+
+@pytest.mark.e2e
+def test_a_run_behind_gateways_on_ray_ends_with_the_model_of_one_node_per_device(tmp_path):
+    """3 gateway nodes of 2 devices on Ray, trusted aggregation: the model, scores and per-device
+    records of the same run with one in-process node per device."""
+    cfg = config("strategy=trusted", "tracking.sinks=[jsonl,summary,checkpoint]")
+    gated_cfg = config(
+        "strategy=trusted",
+        "tracking.sinks=[jsonl,summary,checkpoint]",
+        "gateways.devices_per_gateway=2",
+    )
+    try:
+        on_ray = run_study(gated_cfg, tmp_path / "ray")
+    finally:
+        stop_kept_ray_session()
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    assert isinstance(resolved, DictConfig)
+    grid = InProcessGrid(build_client_app(lambda _: resolved), resolved.scenario.num_devices)
+    direct = run_server(grid, resolved, tmp_path / "local")
+    assert on_ray["clients"] == direct.summary.to_dict()["clients"]
+    for part in ("central", "federated", "train"):
+        assert on_ray["final"][part] == direct.summary.to_dict()["final"][part]
+    on_ray_model = torch.load(tmp_path / "ray" / "model.pt", weights_only=True)
+    for key, value in direct.arrays.to_torch_state_dict().items():
+        np.testing.assert_array_equal(on_ray_model[key].numpy(), value.numpy())

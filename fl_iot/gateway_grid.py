@@ -1,0 +1,181 @@
+"""The server's view of a fleet behind gateways: one address per device, whatever node serves it.
+
+:class:`GatewayGrid` sits between the round loop and Flower's grid. Above it every device has a
+node id of its own (:func:`device_node_id`), so the strategies sample devices, not nodes, and the
+round loop, the scheduler, the roster and every strategy (``trusted`` included) see one message
+and one reply per device, exactly as when each device runs on its own node. Below it, the
+messages a push addresses to the devices of one gateway travel as one message
+(:func:`clients.gateway.pack_contents`, the round's model stored once) and the gateway's reply is
+unpacked into one reply per device. A device whose handling failed inside its gateway gets its own
+error reply; a gateway that failed as a whole (a dead node, a malformed reply) gives each of its
+asked devices an error reply, so none of them is silently missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from uuid import uuid4
+
+from flwr.app import Error, Message, RecordDict
+from flwr.serverapp import Grid
+
+from clients.gateway import GatewayFormatError, pack_contents, unpack
+from fl_iot.message_size import reply_bytes
+from fl_iot.protocol import GATEWAY_ERROR_CODE
+from fl_iot.roster import DelegatingGrid, Roster
+
+log = logging.getLogger(__name__)
+
+DEVICE_NODE_BASE = 1_000_000_000
+"""Device ``d`` is addressed as node ``DEVICE_NODE_BASE + d`` above a :class:`GatewayGrid`
+(readable in logs, and apart from Flower's own ids 0 and 1)."""
+
+
+def device_node_id(device_id: int) -> int:
+    """The node id a device is addressed by above a :class:`GatewayGrid`."""
+    return DEVICE_NODE_BASE + int(device_id)
+
+
+def gateway_roster(gateways: Mapping[int, tuple[int, ...]]) -> Roster:
+    """The roster of the devices behind ``gateways`` (``{gateway node: devices}``)."""
+    return Roster({device_node_id(d): d for devices in gateways.values() for d in devices})
+
+
+class GatewayGrid(DelegatingGrid):
+    """A grid that addresses each device behind a gateway as a node of its own.
+
+    Parameters
+    ----------
+    grid : Grid
+        Flower's grid, whose nodes are the gateways.
+    gateways : mapping
+        ``{gateway node id: device ids it serves}``, from the roll call.
+    """
+
+    def __init__(self, grid: Grid, gateways: Mapping[int, tuple[int, ...]]) -> None:
+        super().__init__(grid)
+        self._gateway_of = {
+            device_node_id(d): node for node, devices in gateways.items() for d in devices
+        }
+        self._in_flight: dict[str, list[Message]] = {}  # gateway message id -> device messages
+        self._ready: dict[str, Message] = {}  # device message id -> its unpacked reply
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Every device's node id, in device order."""
+        return sorted(self._gateway_of)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Send each gateway one message for the devices it serves; return per-device ids.
+
+        The device messages get ids of their own, as Flower's grid gives its messages, so
+        their replies answer them (``reply_to_message_id``).
+        """
+        by_gateway: dict[tuple[int, str], list[Message]] = {}
+        ids: list[str] = []
+        for message in messages:
+            gateway = self._gateway_of.get(message.metadata.dst_node_id)
+            if gateway is None:
+                log.warning(
+                    "not sending a message to node %s: it is no device behind a gateway",
+                    message.metadata.dst_node_id,
+                )
+                continue
+            # What Flower's own grids do: the id is set when the message is pushed.
+            message.metadata.__dict__["_message_id"] = str(uuid4())
+            ids.append(message.metadata.message_id)
+            key = (gateway, message.metadata.message_type)
+            by_gateway.setdefault(key, []).append(message)
+        for (gateway, message_type), members in by_gateway.items():
+            content = pack_contents(
+                {m.metadata.dst_node_id - DEVICE_NODE_BASE: m.content for m in members}
+            )
+            packed = Message(
+                content,
+                dst_node_id=gateway,
+                message_type=message_type,
+                group_id=members[0].metadata.group_id,
+                ttl=min(m.metadata.ttl for m in members),
+            )
+            for gateway_id in self._grid.push_messages([packed]):
+                self._in_flight[gateway_id] = members
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """The device replies to ``message_ids`` that have come in."""
+        wanted = set(message_ids)
+        gateway_ids = [
+            gid
+            for gid, members in self._in_flight.items()
+            if any(m.metadata.message_id in wanted for m in members)
+        ]
+        if gateway_ids:
+            for reply in self._grid.pull_messages(gateway_ids):
+                members = self._in_flight.pop(reply.metadata.reply_to_message_id, None)
+                if members is None:
+                    log.warning(
+                        "ignoring a reply from node %s that answers no gateway message in flight",
+                        reply.metadata.src_node_id,
+                    )
+                    continue
+                for device_reply in _unpacked(reply, members):
+                    # Measured now, while later gateways are still training: the round loop
+                    # reads the same figures after the last reply is in.
+                    reply_bytes(device_reply)
+                    self._ready[device_reply.metadata.reply_to_message_id] = device_reply
+        return [self._ready.pop(i) for i in wanted if i in self._ready]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Push ``messages`` and pull their replies until all came or ``timeout`` passed."""
+        pending = set(self.push_messages(messages))
+        interval = float(getattr(self._grid, "pull_interval", 0.1))
+        end = time.monotonic() + (timeout if timeout is not None else 0.0)
+        replies: list[Message] = []
+        while timeout is None or time.monotonic() < end:
+            pulled = list(self.pull_messages(pending))
+            replies.extend(pulled)
+            pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
+            if not pending:
+                break
+            time.sleep(interval)
+        return replies
+
+
+def _unpacked(reply: Message, members: list[Message]) -> list[Message]:
+    """One reply per device message of a gateway's reply (errors for those it lacks)."""
+    if reply.has_error():
+        return [Message(reply.error, reply_to=m) for m in members]
+    try:
+        answers = unpack(reply.content)
+    except GatewayFormatError as error:
+        log.warning(
+            "the reply of gateway node %s is malformed (%s): its %d devices count as failed",
+            reply.metadata.src_node_id,
+            error,
+            len(members),
+        )
+        answers = {}
+    asked = {m.metadata.dst_node_id - DEVICE_NODE_BASE: m for m in members}
+    extra = sorted(set(answers) - set(asked))
+    if extra:
+        log.warning(
+            "gateway node %s answered for devices it was not asked for: %s (ignored)",
+            reply.metadata.src_node_id,
+            extra[:10],
+        )
+    replies: list[Message] = []
+    for device, message in asked.items():
+        answer = answers.get(device)
+        if answer is None:
+            answer = Error(
+                code=GATEWAY_ERROR_CODE,
+                reason=f"the gateway's reply carries no answer for device {device}",
+            )
+        if isinstance(answer, RecordDict):
+            replies.append(Message(answer, reply_to=message))
+        else:
+            replies.append(Message(answer, reply_to=message))
+    return replies
