@@ -40,6 +40,7 @@ class DatasetConfig:
     dirichlet_alpha: float = 0.5
     device_test_fraction: float = 0.2
     options: dict[str, Any] = field(default_factory=dict)
+    cache: bool = False  # through the machine's dataset cache (fl_iot.data.cache)
 
 
 @dataclass

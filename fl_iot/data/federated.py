@@ -16,6 +16,7 @@ import numpy as np
 
 from clients.data import LabeledData
 from fl_iot.data.base import DATASETS, SourceDataset
+from fl_iot.data.cache import cache_key, cached_source
 from fl_iot.data.partition import natural_keys, partition_indices, split_device_data
 from fl_iot.errors import ConfigError
 
@@ -73,7 +74,13 @@ def load_federated_data(
 @lru_cache(maxsize=4)
 def _load_cached(dataset_json: str, num_devices: int | None, seed: int) -> FederatedData:
     dataset = json.loads(dataset_json)
-    source = load_source(dataset["name"], dataset.get("root"), seed, dataset.get("options") or {})
+    source = load_source(
+        dataset["name"],
+        dataset.get("root"),
+        seed,
+        dataset.get("options") or {},
+        cache=bool(dataset.get("cache", False)),
+    )
     partitions = partition_indices(
         source.train.y,
         source.groups,
@@ -92,9 +99,16 @@ def _load_cached(dataset_json: str, num_devices: int | None, seed: int) -> Feder
 
 
 def load_source(
-    name: str, root: str | Path | None, seed: int, options: dict[str, Any]
+    name: str,
+    root: str | Path | None,
+    seed: int,
+    options: dict[str, Any],
+    cache: bool = False,
 ) -> SourceDataset:
-    """Load a registered dataset by name (unknown names and options list the valid ones)."""
+    """Load a registered dataset by name (unknown names and options list the valid ones).
+
+    With ``cache``, through the machine's dataset cache (:mod:`fl_iot.data.cache`).
+    """
     loader = DATASETS.get(name)
     accepted = [
         p.name
@@ -108,4 +122,10 @@ def load_source(
             f"unknown option(s) {', '.join(unknown)} for dataset {name!r} "
             f"(scenario.dataset.options); valid options: {valid}"
         )
-    return loader(root=Path(root) if root else None, seed=seed, **options)
+
+    def load() -> SourceDataset:
+        return loader(root=Path(root) if root else None, seed=seed, **options)
+
+    if not cache:
+        return load()
+    return cached_source(cache_key(name, root, seed, options, loader), load)
