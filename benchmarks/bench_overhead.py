@@ -224,16 +224,38 @@ def run_once(
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "stdout.log"
     cmd = command(variant, workload, workload_file, run_dir)
+    returncode, wall_s, memory, popen_t = run_sampled(
+        cmd, log_path, child_env(variant), interval_s, pss_every, timeout_s
+    )
+    record = RunRecord(workload.name, variant, rep, returncode, wall_s, memory=memory)
+    record.log = str(log_path)
+    record.git_head = _git("rev-parse", "--short", "HEAD")
+    marks = _child_marks(log_path, record)
+    if variant == "fl-iot":
+        marks = _fliot_marks(run_dir, workload.num_rounds, record)
+        record.drift = _fliot_drift(run_dir, workload)
+    _phases(record, marks, popen_t, workload.num_rounds)
+    return record
+
+
+def run_sampled(
+    cmd: list[str],
+    log_path: Path,
+    env: dict[str, str],
+    interval_s: float,
+    pss_every: int,
+    timeout_s: float,
+) -> tuple[int, float, TreeSample, float]:
+    """Run ``cmd`` from the repository, sampling its process tree; output to ``log_path``.
+
+    Returns the exit status (-9 after a timeout, the tree killed), the wall time, the memory
+    peaks and the epoch time just before the process started.
+    """
     with open(log_path, "w", encoding="utf-8") as log:
         popen_t = time.time()
         started = time.perf_counter()
         proc = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=child_env(variant),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         sampler = TreeSampler(proc.pid, interval_s, pss_every)
         sampler.start()
@@ -244,15 +266,7 @@ def run_once(
             returncode = -9
         wall_s = time.perf_counter() - started
         memory = sampler.stop()
-    record = RunRecord(workload.name, variant, rep, returncode, wall_s, memory=memory)
-    record.log = str(log_path)
-    record.git_head = _git("rev-parse", "--short", "HEAD")
-    marks = _child_marks(log_path, record)
-    if variant == "fl-iot":
-        marks = _fliot_marks(run_dir, workload.num_rounds, record)
-        record.drift = _fliot_drift(run_dir, workload)
-    _phases(record, marks, popen_t, workload.num_rounds)
-    return record
+    return returncode, wall_s, memory, popen_t
 
 
 def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
