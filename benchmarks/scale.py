@@ -27,7 +27,8 @@ Run::
 
     .venv/bin/python benchmarks/scale.py --out scale.json --plot docs/scale.png
     .venv/bin/python benchmarks/scale.py --skip-growth            # the goal figures only
-    .venv/bin/python benchmarks/scale.py --skip-growth --also fl-iot-trusted fl-iot-trusted-realistic
+    .venv/bin/python benchmarks/scale.py --skip-growth --also fl-iot-trusted \
+        fl-iot-trusted-realistic
 
 Takes about 10 minutes on a 2-core machine; run it with ``nohup`` and read the log.
 """
