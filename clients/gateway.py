@@ -174,19 +174,20 @@ def gateway_mod(
         served = devices_of(context)
         if served is None:
             return call_next(msg, context)
-        served = [int(d) for d in served]
         if is_packed(msg.content):
             addressed = unpack(msg.content)
-            unknown = sorted(set(addressed) - set(served))
+            unknown = sorted(set(addressed) - {int(d) for d in served})
             if unknown:
                 raise GatewayFormatError(
-                    f"devices {unknown} are not served by this gateway (it serves {served})"
+                    f"devices {unknown[:10]} are not served by this gateway (it serves "
+                    f"{len(served)} devices)"
                 )
         else:
-            addressed = dict.fromkeys(served, msg.content)
+            addressed = dict.fromkeys((int(d) for d in served), msg.content)
         replies: dict[int, DeviceReply] = {}
         for device, content in addressed.items():
-            assert isinstance(content, RecordDict)  # a message to a gateway has no errors
+            if not isinstance(content, RecordDict):
+                raise GatewayFormatError(f"the message for device {device} is an error")
             replies[device] = _serve(msg, content, context, device, device_key, call_next)
         return Message(pack_replies(replies), reply_to=msg)
 

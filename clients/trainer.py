@@ -12,6 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -94,6 +95,12 @@ class TrainReport:
 class LocalTrainer(ABC):
     """Trains a model on one device's data; subclasses implement :meth:`train`."""
 
+    reuses_model: ClassVar[bool] = False
+    """Whether the trainer leaves the module's structure as it found it (no hooks left, no
+    submodule replaced), so that a process may hand it one module object for device after
+    device, each time loaded with the device's global model, instead of building a new one
+    (building the module costs as much as a small device's whole local round)."""
+
     @abstractmethod
     def train(
         self,
@@ -146,6 +153,8 @@ def sgd(model: nn.Module, settings: TrainSettings) -> torch.optim.SGD:
 @TRAINERS.decorator("standard")
 class StandardTrainer(LocalTrainer):
     """Mini-batch SGD with momentum, optional FedProx term and a step budget."""
+
+    reuses_model = True
 
     def train(
         self,

@@ -196,8 +196,56 @@ def fresh_model(run: RunContext, arrays: ArrayRecord | None = None) -> nn.Module
         input_shape=run.data.source.input_shape, num_classes=run.data.source.num_classes
     )
     if arrays is not None:
-        model.load_state_dict(arrays.to_torch_state_dict())
+        model.load_state_dict(torch_state_of(arrays))
     return model
+
+
+_TRAINING_MODELS: dict[str, nn.Module] = {}
+
+
+def training_model(run: RunContext, arrays: ArrayRecord, trainer: type[LocalTrainer]) -> nn.Module:
+    """The module ``trainer`` trains on a device: the process's one, or a new one.
+
+    A trainer that declares :attr:`~clients.trainer.LocalTrainer.reuses_model` gets one module
+    per run and process, loaded with ``arrays`` (parameters and buffers alike) for each device;
+    any other gets a fresh module.
+    """
+    if not trainer.reuses_model:
+        return fresh_model(run, arrays)
+    model = _TRAINING_MODELS.get(run.run_key)
+    if model is None:
+        if len(_TRAINING_MODELS) >= 4:
+            _TRAINING_MODELS.clear()
+        model = _TRAINING_MODELS[run.run_key] = fresh_model(run)
+    model.load_state_dict(torch_state_of(arrays))
+    return model
+
+
+_LAST_STATE: list[tuple[ArrayRecord, dict[str, torch.Tensor]]] = []
+
+
+def torch_state_of(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+    """``arrays`` as a torch state dict, converted once for the devices that share it.
+
+    A gateway's devices of a round all receive the same global model (one record object); the
+    last conversion is kept (with its record, so that the record's id cannot be reused). The
+    tensors are only ever copied from (``load_state_dict``), never written.
+    """
+    if _LAST_STATE and _LAST_STATE[0][0] is arrays:
+        return _LAST_STATE[0][1]
+    state = arrays.to_torch_state_dict()
+    _LAST_STATE[:] = [(arrays, state)]
+    return state
+
+
+def seed_torch(seed: int) -> None:
+    """Seed torch's CPU generator, the one fl-iot's training draws from.
+
+    Not ``torch.manual_seed``: it also queues a lazy CUDA seeding that records a stack trace,
+    some 0.1-1 ms a call (a tenth of a small device's round in a Ray worker); fl-iot trains on
+    the CPU, where both give the same numbers.
+    """
+    torch.default_generator.manual_seed(seed)
 
 
 def train_settings(
@@ -253,16 +301,17 @@ def local_update(
         rng = rng if rng is not None else np.random.default_rng(settings.seed)
         local_train = attack.poison_data(local_train, run.data.source.num_classes, rng)
 
-    model = fresh_model(run, global_arrays)
-    torch.manual_seed(settings.seed)
     device_class = run.device_classes[device.device_class]
+    model = training_model(run, global_arrays, device_class.trainer)
+    seed_torch(settings.seed)
     trainer = device_class.trainer(**device_class.trainer_options)
     report = trainer.train(model, local_train, settings, state)
     if report.declined is not None:
         raise TrainingDeclinedError(
             f"device {device.device_id} ({device.device_class}): {report.declined}"
         )
-    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}, report
+    # Copies: the module may be trained again for the next device (training_model).
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}, report
 
 
 def attack_context(

@@ -69,8 +69,14 @@ class DeviceStateStore:
         return recorddict_from_proto(proto)
 
     def save(self, device_id: int, server_round: int, state: RecordDict) -> None:
-        """Keep ``state`` as the device's state after ``server_round`` (atomically)."""
+        """Keep ``state`` as the device's state after ``server_round`` (atomically).
+
+        An empty state of a device that never kept one is not written: reading it back gives
+        the same empty state, and a fleet of stateless devices writes no file a round.
+        """
         directory = self._directory(device_id)
+        if not state and not directory.is_dir():
+            return
         directory.mkdir(parents=True, exist_ok=True)
         data = recorddict_to_proto(state).SerializeToString()
         handle, temporary = tempfile.mkstemp(dir=directory, prefix=".round-", suffix=".tmp")

@@ -1,0 +1,53 @@
+"""What a device does per message, and what a process reuses between devices."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+import fl_iot.device_runtime as runtime
+from fl_iot.device_runtime import fresh_model, local_update, run_context
+from fl_iot.device_state import DeviceStateStore
+from fl_iot.models import model_factory
+from tests.e2e import resolved_config
+
+
+def updates_in_turn(run, arrays, devices):
+    config = ConfigRecord({"server-round": 1})
+    return [local_update(run, run.federation[d], arrays, config, RecordDict())[0] for d in devices]
+
+
+def test_a_reused_module_trains_each_device_as_a_fresh_one_would():
+    """One module for device after device (StandardTrainer.reuses_model): each update is the
+    one a fresh module gives, and an update handed back is not changed by the next training."""
+    run = run_context(resolved_config("scenario=vehicle_fleet", "scenario.num_devices=6"))
+    arrays = ArrayRecord(fresh_model(run).state_dict())
+    runtime._TRAINING_MODELS.clear()
+    first, second = updates_in_turn(run, arrays, [0, 1])
+    kept = {k: v.copy() for k, v in first.items()}
+    updates_in_turn(run, arrays, [2])
+    runtime._TRAINING_MODELS.clear()
+    (alone,) = updates_in_turn(run, arrays, [1])
+    for key in alone:
+        np.testing.assert_array_equal(second[key], alone[key])
+        np.testing.assert_array_equal(first[key], kept[key])
+    assert any(not np.array_equal(first[k], second[k]) for k in first)
+
+
+def test_the_model_factory_is_a_plain_partial_of_the_model_class():
+    cfg = resolved_config("scenario=vehicle_fleet")
+    factory = model_factory(cfg.scenario.model)
+    assert type(factory) is functools.partial
+    assert factory.func.__name__ == "Mlp"
+
+
+def test_a_device_that_never_kept_state_writes_no_snapshot_and_an_emptied_one_does(tmp_path):
+    store = DeviceStateStore(tmp_path)
+    store.save(3, 1, RecordDict())
+    assert not (tmp_path / "device-3").exists()
+    assert store.load(3, 2) is None
+    store.save(4, 1, RecordDict({"c": ConfigRecord({"x": 1})}))
+    store.save(4, 2, RecordDict())  # the device emptied its state: that must be kept too
+    assert store.load(4, 3) is not None and len(store.load(4, 3)) == 0
