@@ -11,7 +11,9 @@ import weakref
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from flwr.app import Message, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.app.message.message import make_message
+from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
 from flwr.supercore.inflatable.inflatable_object import InflatableObject, get_all_nested_objects
 
 
@@ -81,34 +83,123 @@ def reply_bytes(reply: Message) -> ReplyBytes:
     """The bytes of a reply (:func:`wire_bytes`, :func:`header_bytes`, :func:`payload_bytes`).
 
     Measured once per reply and content: whoever first holds the reply can measure it (a
-    gateway grid measures the replies it unpacks while later gateways are still training) and
-    the round loop then reads the same figures. Each serialised object is deflated once, rather
-    than once for each figure.
+    gateway grid measures the replies it unpacks) and the round loop then reads the same
+    figures.
+
+    Flower's serialised size of an ``ArrayRecord`` depends only on its layout: the arrays'
+    names, dtypes, shapes and storage types, and which of its chunks are identical (Flower
+    stores identical objects once); every byte of array data is carried as it is and every
+    object id is a SHA-256 of fixed length. An ``ArrayRecord`` is therefore serialised once per
+    layout and its size looked up for every later reply of that layout (1,000 replies a round
+    of one model share one), instead of deflating and hashing every update again; records
+    without arrays are deflated, as they are small and their size depends on their values. A
+    reply whose records share array chunks is measured object by object.
     """
     content = reply.content if reply.has_content() else None
     cached = _MEASURED.get(reply)
     if cached is not None and cached[0] is content:
         return cached[1]
-    records: dict[str, int] = {}
-    unique: dict[str, int] = {}
-    own = 0
-    if content is not None:
-        for name, record in content.items():
-            sizes: dict[str, int] = {}
-            try:
-                _subtree_bytes(record, record.object_id, sizes)
-                records[name] = sum(sizes.values())
-            except (ValueError, OverflowError, TypeError):
-                sizes = {}
-                records[name] = 0
-            unique.update(sizes)
+    if content is None:
+        measured = ReplyBytes(0, header_bytes(reply), {})
+    else:
         try:
-            own = len(content.deflate())
-        except (ValueError, OverflowError, TypeError):
-            own = 0
-    measured = ReplyBytes(sum(unique.values()) + own, header_bytes(reply), records)
+            measured = _by_layout(reply, content)
+        except _SharedChunks:
+            measured = _object_by_object(reply, content)
     _MEASURED[reply] = (content, measured)
     return measured
+
+
+class _SharedChunks(Exception):  # noqa: N818 (a signal inside this module, not an error)
+    """Two records of one content hold an identical chunk: their sizes are not independent."""
+
+
+_LAYOUT_BYTES: dict[object, int] = {}
+_ROOT_BYTES: dict[object, int] = {}
+_MAX_LAYOUTS = 4096
+
+
+def _by_layout(reply: Message, content: RecordDict) -> ReplyBytes:
+    records: dict[str, int] = {}
+    distinct: dict[object, int] = {}  # identity of a record -> its bytes (identical ones once)
+    owners: dict[bytes, int] = {}
+    for index, (name, record) in enumerate(content.items()):
+        if isinstance(record, ArrayRecord):
+            layout = _layout(record, index, owners)
+            size = _LAYOUT_BYTES.get(layout)
+            if size is None:
+                size = _record_bytes(record)
+                if len(_LAYOUT_BYTES) >= _MAX_LAYOUTS:
+                    _LAYOUT_BYTES.clear()
+                _LAYOUT_BYTES[layout] = size
+            identity: object = ("arrays", index)  # no chunk in common: not identical
+        else:
+            try:
+                body = record.deflate()
+            except (ValueError, OverflowError, TypeError):
+                records[name] = 0
+                continue
+            size, identity = len(body), body
+        records[name] = distinct[identity] = size
+    root_key = (tuple(content.keys()), len(distinct))
+    root = _ROOT_BYTES.get(root_key)
+    if root is None:
+        try:
+            root = len(content.deflate())
+        except (ValueError, OverflowError, TypeError):
+            root = 0
+        if len(_ROOT_BYTES) >= _MAX_LAYOUTS:
+            _ROOT_BYTES.clear()
+        _ROOT_BYTES[root_key] = root
+    return ReplyBytes(root + sum(distinct.values()), _header_bytes_of(reply), records)
+
+
+def _layout(record: ArrayRecord, owner: int, owners: dict[bytes, int]) -> tuple[object, ...]:
+    """An array record's layout: per array its metadata and the pattern of identical chunks."""
+    numbering: dict[bytes, int] = {}
+    arrays = []
+    for key, array in record.items():
+        data = array.data if isinstance(array.data, bytes) else bytes(array.data)
+        chunks = []
+        for start in range(0, len(data), FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE):
+            chunk = data[start : start + FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE]
+            if owners.setdefault(chunk, owner) != owner:
+                raise _SharedChunks
+            chunks.append(numbering.setdefault(chunk, len(numbering)))
+        arrays.append((key, array.dtype, tuple(array.shape), array.stype, tuple(chunks)))
+    return tuple(arrays)
+
+
+def _record_bytes(record: InflatableObject) -> int:
+    sizes: dict[str, int] = {}
+    try:
+        _subtree_bytes(record, record.object_id, sizes)
+    except (ValueError, OverflowError, TypeError):
+        return 0
+    return sum(sizes.values())
+
+
+def _header_bytes_of(reply: Message) -> int:
+    """:func:`header_bytes` without hashing the content: its id has the same length for any."""
+    return header_bytes(make_message(reply.metadata, content=RecordDict()))
+
+
+def _object_by_object(reply: Message, content: RecordDict) -> ReplyBytes:
+    records: dict[str, int] = {}
+    unique: dict[str, int] = {}
+    for name, record in content.items():
+        sizes: dict[str, int] = {}
+        try:
+            _subtree_bytes(record, record.object_id, sizes)
+        except (ValueError, OverflowError, TypeError):
+            sizes = {}
+        records[name] = sum(sizes.values())
+        unique.update(sizes)
+    try:
+        own = len(content.deflate())
+    except (ValueError, OverflowError, TypeError):
+        own = 0
+    return ReplyBytes(sum(unique.values()) + own, header_bytes(reply), records)
 
 
 def _subtree_bytes(obj: InflatableObject, object_id: str, sizes: dict[str, int]) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from omegaconf import open_dict
 
@@ -306,3 +307,52 @@ def test_a_reply_is_measured_once_and_as_the_separate_measures_count_it():
     assert reply_bytes(reply) is measured
     reply.content = RecordDict({"metrics": MetricRecord({"num-examples": 7})})
     assert reply_bytes(reply).content == wire_bytes(reply) < measured.content
+
+
+@pytest.mark.parametrize("chunk_size", [5_242_880, 64])
+def test_sizes_looked_up_by_layout_are_the_sizes_flower_serialises(monkeypatch, chunk_size):
+    """Replies of one layout (and small chunks, so that identical chunks occur) measured by
+    layout give what deflating every object gives: whole content, header, each record."""
+    import flwr.app.message.array as flower_array
+
+    import fl_iot.message_size as size
+
+    monkeypatch.setattr(flower_array, "FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE", chunk_size)
+    monkeypatch.setattr(size, "FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE", chunk_size)
+    monkeypatch.setattr(size, "_LAYOUT_BYTES", {})
+    monkeypatch.setattr(size, "_ROOT_BYTES", {})
+    set_task_identity()
+    rng = np.random.default_rng(0)
+    sent = Message(RecordDict(), dst_node_id=3, message_type="train")
+    sent.metadata.__dict__["_message_id"] = "m"
+
+    def reply(device: int, shared: bool = False) -> Message:
+        zeros = np.zeros(200, dtype=np.float32)
+        arrays = ArrayRecord(
+            {
+                "w": torch.from_numpy(rng.normal(size=(8, 30)).astype(np.float32)),
+                "b": torch.from_numpy(zeros),  # identical chunks in one array and across two
+                # identical to "b" for even devices only: another layout, another size
+                "b2": torch.from_numpy(zeros.copy() if device % 2 == 0 else zeros + 1.0),
+                "n": torch.tensor(device, dtype=torch.int64),
+            }
+        )
+        records = {
+            "arrays": arrays,
+            "metrics": MetricRecord({"num-examples": 10 * device + 1, "loss": float(device)}),
+            "trainer": ConfigRecord(),
+            "empty": ConfigRecord(),  # identical to "trainer": stored once
+            "device": ConfigRecord({"device-id": device}),
+        }
+        if shared:
+            records["again"] = ArrayRecord({"b": torch.zeros(200)})
+        return Message(RecordDict(records), reply_to=sent)
+
+    for device in range(6):
+        for shared in (False, True):
+            message = reply(device, shared)
+            expected = size._object_by_object(message, message.content)
+            measured = size.reply_bytes(message)
+            assert measured == expected
+            assert measured.content == wire_bytes(message)
+    assert len(size._LAYOUT_BYTES) == 2  # two layouts, each serialised once
