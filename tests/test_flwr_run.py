@@ -77,9 +77,20 @@ def app_dir(tmp_path):
     return target
 
 
-def test_flwr_run_runs_the_chosen_scenario_through_run_config(flower_env, app_dir, tmp_path):
+@pytest.mark.parametrize(
+    ("extra", "num_nodes", "num_devices"),
+    [("", 3, 3), ("gateways.devices_per_gateway=2", 2, 4)],
+    ids=["one-node-per-device", "gateways"],
+)
+def test_flwr_run_runs_the_chosen_scenario_through_run_config(
+    flower_env, app_dir, tmp_path, extra, num_nodes, num_devices
+):
+    """Also behind gateways: 2 nodes serving 4 devices, each device sampled and counted."""
     output_dir = tmp_path / "results"
-    overrides = "scenario.num_devices=3 scenario.num_rounds=2 scenario.fraction_train=1.0"
+    overrides = (
+        f"scenario.num_devices={num_devices} scenario.num_rounds=2 scenario.fraction_train=1.0 "
+        + extra
+    )
     run_config = (
         f"scenario='healthcare_wearables' strategy='fedmedian' seed=1 "
         f"output-dir='{output_dir}' overrides='{overrides}'"
@@ -92,7 +103,7 @@ def test_flwr_run_runs_the_chosen_scenario_through_run_config(flower_env, app_di
             "local",
             "--stream",
             "--federation-config",
-            "num-supernodes=3 client-resources-num-cpus=1",
+            f"num-supernodes={num_nodes} client-resources-num-cpus=1",
             "--run-config",
             run_config,
         ],
@@ -116,7 +127,7 @@ def test_flwr_run_runs_the_chosen_scenario_through_run_config(flower_env, app_di
     assert summary["strategy"] == "flwr.serverapp.strategy.FedMedian"
     assert summary["seed"] == 1
     assert summary["rounds_completed"] == 2
-    assert summary["clients"]["replied"] == 6
+    assert summary["clients"]["replied"] == 2 * num_devices
     assert len((output_dir / "metrics.jsonl").read_text().splitlines()) == 2
     assert "[round 2/2] central acc" in output
 
