@@ -156,11 +156,10 @@ class RoundScheduler:
 
     def available(self, t: float) -> list[int]:
         """Devices online at ``t`` and not busy with an earlier round's training."""
-        online = self.fleet.online_devices(t)
         return [
             d
             for d in self.roster.device_ids()
-            if online[d] and (d not in self.busy_until or self.busy_until[d] <= t)
+            if self.fleet.online(d, t) and self.busy_until.get(d, -1.0) <= t
         ]
 
     def devices_needed(self) -> int:

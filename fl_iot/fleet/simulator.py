@@ -13,7 +13,6 @@ in a round does not depend on which other devices were asked, nor in which order
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -106,11 +105,6 @@ class FleetSimulator:
     # When each device started a training: what drains its battery, and all the state a
     # simulator gathers (its timelines are regenerated from the seed), so a resumed run keeps it.
     training_starts: dict[int, list[float]] = field(default_factory=dict, init=False, repr=False)
-    # Every device's online state and the span it holds for (online_devices): a cache of the
-    # timelines, kept in arrays so that a round over 10,000 devices asks few of them anything.
-    _state: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), init=False, repr=False)
-    _state_from: np.ndarray = field(default_factory=lambda: np.zeros(0), init=False, repr=False)
-    _state_until: np.ndarray = field(default_factory=lambda: np.zeros(0), init=False, repr=False)
 
     def __post_init__(self) -> None:
         devices = sorted(self.devices)
@@ -129,35 +123,6 @@ class FleetSimulator:
     def online(self, device: int, t: float) -> bool:
         """Whether ``device`` is online at ``t``."""
         return self.timeline(device).online_at(t)
-
-    def online_devices(self, t: float) -> np.ndarray:
-        """Whether each device (indexed by id, ``0..max id``) is online at ``t``.
-
-        Each device's state is kept with the span it holds for (to the end of its session, or
-        to its next one): only devices whose span ``t`` leaves are looked up in their timelines,
-        a few per round, rather than all of them.
-        """
-        size = max(self.devices, default=-1) + 1
-        if len(self._state) != size:
-            self._state = np.zeros(size, dtype=bool)
-            self._state_from = np.full(size, math.inf)
-            self._state_until = np.full(size, -math.inf)
-        stale = np.flatnonzero((self._state_from > t) | (self._state_until <= t))
-        for device in stale.tolist():
-            if device not in self.devices:
-                self._state_from[device], self._state_until[device] = -math.inf, math.inf
-                continue
-            timeline = self.timeline(device)
-            end = timeline.session_end(t)
-            if end is None:
-                upcoming = timeline.next_online(t)
-                self._state[device] = False
-                self._state_until[device] = math.inf if upcoming is None else upcoming
-            else:
-                self._state[device] = True
-                self._state_until[device] = end
-            self._state_from[device] = t
-        return self._state
 
     def next_online(self, devices: Iterable[int], t: float) -> float | None:
         """The earliest time ``> t`` at which one of the offline ``devices`` comes online."""
