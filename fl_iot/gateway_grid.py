@@ -14,7 +14,6 @@ asked devices an error reply, so none of them is silently missing.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from uuid import uuid4
 
@@ -24,7 +23,7 @@ from flwr.serverapp import Grid
 from clients.gateway import GatewayFormatError, pack_contents, unpack
 from fl_iot.message_size import reply_bytes
 from fl_iot.protocol import GATEWAY_ERROR_CODE
-from fl_iot.roster import DelegatingGrid, Roster
+from fl_iot.roster import DelegatingGrid, Roster, poll_replies
 
 log = logging.getLogger(__name__)
 
@@ -130,18 +129,8 @@ class GatewayGrid(DelegatingGrid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         """Push ``messages`` and pull their replies until all came or ``timeout`` passed."""
-        pending = set(self.push_messages(messages))
         interval = float(getattr(self._grid, "pull_interval", 0.1))
-        end = time.monotonic() + (timeout if timeout is not None else 0.0)
-        replies: list[Message] = []
-        while timeout is None or time.monotonic() < end:
-            pulled = list(self.pull_messages(pending))
-            replies.extend(pulled)
-            pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
-            if not pending:
-                break
-            time.sleep(interval)
-        return replies
+        return poll_replies(self, messages, timeout, interval)
 
 
 def _unpacked(reply: Message, members: list[Message]) -> list[Message]:

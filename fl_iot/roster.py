@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -179,6 +179,31 @@ def roll_call_reply(message: Message, device_id: int) -> Message:
     return Message(
         content=RecordDict({DEVICE: ConfigRecord({DEVICE_ID: device_id})}), reply_to=message
     )
+
+
+def poll_replies(
+    grid: Grid,
+    messages: Iterable[Message],
+    timeout: float | None,
+    interval: float = 0.1,
+    wait: Callable[[float], object] = time.sleep,
+) -> list[Message]:
+    """Push ``messages`` through ``grid``, pull their replies until all came or ``timeout`` passed.
+
+    Flower's ``send_and_receive`` loop over any grid's ``push_messages`` and ``pull_messages``;
+    ``wait`` sleeps between pulls (an event's ``wait`` lets a stop end the sleep early).
+    """
+    pending = set(grid.push_messages(messages))
+    end = time.monotonic() + (timeout if timeout is not None else 0.0)
+    replies: list[Message] = []
+    while timeout is None or time.monotonic() < end:
+        pulled = list(grid.pull_messages(pending))
+        replies.extend(pulled)
+        pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
+        if not pending:
+            break
+        wait(interval)
+    return replies
 
 
 class DelegatingGrid(Grid):

@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import threading
-import time
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -29,16 +28,15 @@ from fl_iot.checkpoint import device_state_dir
 from fl_iot.client_app import build_client_app
 from fl_iot.errors import ConfigError
 from fl_iot.gateways import num_nodes
+from fl_iot.ray_cluster import (
+    OFFLINE_ENV,
+    RAY_ADDRESS_ENV,
+    cluster_node_cpus,
+    ray_cluster_address,
+)
 from fl_iot.reaper import start_reaper
+from fl_iot.roster import poll_replies
 from fl_iot.server import RunResult, run_server
-
-OFFLINE_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-    "RAY_DEDUP_LOGS": "0",
-}
-
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +62,9 @@ _kept_ray_init_args: dict[str, Any] | None = None
 
 def run_in_simulation(cfg: DictConfig, output_dir: Path, resume: bool = False) -> RunResult:
     """Run the study of ``cfg`` on the Simulation Engine (Ray): one node per device or gateway.
+
+    With ``RAY_ADDRESS`` naming a running Ray cluster, the run attaches to it instead of
+    starting Ray on this machine (:func:`ray_init_args`, docs/scale.md).
 
     Parameters
     ----------
@@ -97,8 +98,7 @@ def run_in_simulation(cfg: DictConfig, output_dir: Path, resume: bool = False) -
     client_app = build_client_app(
         partial(config_from_yaml, OmegaConf.to_yaml(cfg)), state_dir=device_state_dir(output_dir)
     )
-    num_cpus = cfg.engine.num_cpus or os.cpu_count() or 1
-    init_args: dict[str, Any] = {"num_cpus": int(num_cpus), "log_to_driver": False}
+    init_args = ray_init_args(cfg)
     backend_config = {
         # Flower's default of 2 CPUs per client serialises clients on a 2-core machine.
         "client_resources": {"num_cpus": float(cfg.engine.num_cpus_per_client), "num_gpus": 0.0},
@@ -135,14 +135,64 @@ def run_in_simulation(cfg: DictConfig, output_dir: Path, resume: bool = False) -
     return result
 
 
+def ray_init_args(cfg: DictConfig) -> dict[str, Any]:
+    """The ``ray.init`` arguments Flower's Ray backend gets for the run of ``cfg``.
+
+    A run on this machine alone starts its own Ray with ``engine.num_cpus`` CPUs (this machine's
+    count when null). A run attached to a running cluster (:func:`ray_cluster_address`) passes
+    no CPU count: Ray refuses one when it connects ("num_cpus and num_gpus must not be
+    provided"), and the cluster's size is what each machine's ``ray start --num-cpus`` gave it.
+    Either way a ClientApp asks for ``engine.num_cpus_per_client`` CPUs, and Flower starts as
+    many actors as every node's CPUs hold (counted per node), so a cluster spreads them over
+    all its machines. The address itself is not a config key: it says where a run executes, not
+    what it computes, and Ray reads it from the environment anyway.
+    """
+    if ray_cluster_address() is not None:
+        return {"log_to_driver": False}
+    num_cpus = cfg.engine.num_cpus or os.cpu_count() or 1
+    return {"num_cpus": int(num_cpus), "log_to_driver": False}
+
+
 def check_engine_resources(cfg: DictConfig) -> None:
     """Refuse a client resource request that Ray could never grant (Flower would wait for ever).
+
+    On a running cluster (:func:`ray_cluster_address`) this machine's CPU count says nothing
+    about what the run gets: the request is checked against the CPUs of each of the cluster's
+    nodes (:func:`cluster_node_cpus`), since Flower places a ClientApp on one node, and
+    ``engine.num_cpus``, which cannot apply there, is refused.
 
     Raises
     ------
     ConfigError
-        If ``engine.num_cpus_per_client`` exceeds the CPUs Ray gets.
+        If ``engine.num_cpus_per_client`` exceeds the CPUs Ray gets (on a cluster: those of
+        every node), ``engine.num_cpus`` is set for a run on a cluster, or the cluster does
+        not answer.
     """
+    address = ray_cluster_address()
+    if address is not None:
+        if cfg.engine.num_cpus is not None:
+            raise ConfigError(
+                f"engine.num_cpus={cfg.engine.num_cpus} cannot apply to the running Ray cluster "
+                f"at {RAY_ADDRESS_ENV}={address}: each machine offers the CPUs its `ray start "
+                "--num-cpus` gave it; leave engine.num_cpus null, or unset "
+                f"{RAY_ADDRESS_ENV} to run on this machine alone"
+            )
+        node_cpus = cluster_node_cpus(address)
+        largest = max(node_cpus, default=0.0)
+        if cfg.engine.num_cpus_per_client > largest:
+            raise ConfigError(
+                f"engine.num_cpus_per_client={cfg.engine.num_cpus_per_client:g} is more than "
+                f"any node of the Ray cluster at {RAY_ADDRESS_ENV}={address} offers (CPUs of "
+                f"its {len(node_cpus)} alive nodes: {', '.join(f'{c:g}' for c in node_cpus)}): "
+                f"no ClientApp could ever be scheduled; choose a value in (0, {largest:g}]"
+            )
+        log.info(
+            "attaching to the Ray cluster at %s: %d nodes, %g CPUs",
+            address,
+            len(node_cpus),
+            sum(node_cpus),
+        )
+        return
     num_cpus = cfg.engine.num_cpus or os.cpu_count() or 1
     if cfg.engine.num_cpus_per_client > num_cpus:
         raise ConfigError(
@@ -204,18 +254,8 @@ class StoppableGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         """Push ``messages`` and pull their replies until all came or ``timeout`` passed."""
-        pending = set(self.push_messages(messages))
         interval = float(getattr(self._grid, "pull_interval", 0.1))
-        end = time.monotonic() + (timeout if timeout is not None else 0.0)
-        replies: list[Message] = []
-        while timeout is None or time.monotonic() < end:
-            pulled = list(self.pull_messages(pending))
-            replies.extend(pulled)
-            pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
-            if not pending:
-                break
-            self._stop.wait(interval)
-        return replies
+        return poll_replies(self, messages, timeout, interval, self._stop.wait)
 
 
 @contextmanager
@@ -228,7 +268,9 @@ def ray_session(init_args: dict[str, Any], keep_alive: bool) -> Iterator[None]:
     so the next run of the process (a Hydra multirun's next job) finds Ray up and Flower skips
     ``ray.init``; Ray's own exit handler stops it when the process ends. The actors are still
     Flower's and still end with each run, so a run's results do not depend on what ran before it.
-    A run with other ``ray.init`` arguments, or one that fails, gets a fresh session.
+    A run with other ``ray.init`` arguments, or one that fails, gets a fresh session. On a
+    running cluster (:func:`ray_cluster_address`) what is kept is this process's connection to
+    it; the cluster itself outlives every run.
     """
     global _kept_ray_init_args
     import ray
