@@ -128,9 +128,24 @@ class GatewayGrid(DelegatingGrid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Push ``messages`` and pull their replies until all came or ``timeout`` passed."""
+        """Push ``messages`` and pull their replies until all came or ``timeout`` passed.
+
+        What is still in flight for these messages afterwards is forgotten: a gateway that never
+        answers must not keep its round's messages (and their model) alive.
+        """
+        messages = list(messages)
         interval = float(getattr(self._grid, "pull_interval", 0.1))
-        return poll_replies(self, messages, timeout, interval)
+        replies = poll_replies(self, messages, timeout, interval)
+        done = {m.metadata.message_id for m in messages}
+        for gateway_id in [
+            gid
+            for gid, members in self._in_flight.items()
+            if all(m.metadata.message_id in done for m in members)
+        ]:
+            del self._in_flight[gateway_id]
+        for message_id in done:
+            self._ready.pop(message_id, None)
+        return replies
 
 
 def _unpacked(reply: Message, members: list[Message]) -> list[Message]:

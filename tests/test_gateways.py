@@ -267,6 +267,23 @@ def test_the_grid_sends_one_message_per_gateway_and_answers_per_device():
     assert by_device[4].error.code == GATEWAY_ERROR_CODE  # its gateway's reply was garbage
 
 
+def test_a_gateway_that_never_answers_fails_nobody_silently_and_is_forgotten():
+    """Its devices' messages get no reply (they count as missing) and nothing stays in flight."""
+    assignment = ((0, 1), (2, 3))
+    grid = InProcessGrid(
+        counting_app_for_gateways(assignment),
+        2,
+        fault=lambda partition, message: "silent" if partition == 1 else None,
+    )
+    gateway_grid = GatewayGrid(grid, dict(zip(grid.node_ids, assignment, strict=True)))
+    messages = [
+        Message(RecordDict(), dst_node_id=device_node_id(d), message_type="train") for d in range(4)
+    ]
+    replies = list(gateway_grid.send_and_receive(messages, timeout=0.3))
+    assert sorted(r.metadata.src_node_id - device_node_id(0) for r in replies) == [0, 1]
+    assert gateway_grid._in_flight == {} and gateway_grid._ready == {}
+
+
 def counting_app_for_gateways(assignment: tuple[tuple[int, ...], ...]) -> ClientApp:
     """Gateway ``partition-id`` serves ``assignment[partition-id]`` with :func:`counting_app`."""
     device_app = counting_app(None)
