@@ -94,7 +94,7 @@ def run_study(cfg: DictConfig, output_dir: Path, resume: bool = False) -> dict[s
         result = run_in_simulation(resolved, output_dir, resume=resume)
     except RosterError as error:  # the ServerApp has written summary.json ("failed") by then
         raise RunFailed(
-            f"{error} (engine.round_timeout_s={resolved.engine.round_timeout_s:g})"
+            f"{error} (engine.roll_call_timeout_s={resolved.engine.roll_call_timeout_s:g})"
         ) from None
     assert result.summary is not None  # run_in_simulation raises without one
     reason = judge_run(result.summary, initial, result.arrays)

@@ -139,6 +139,10 @@ class EngineConfig:
     num_cpus_per_client: float = 1.0
     num_cpus: int | None = None
     round_timeout_s: float = 3600.0
+    # How long the roll call waits for every node to connect and say which devices it serves
+    # before the run fails, naming the missing devices (nodes start in seconds: a missing one
+    # is a node that is not coming, not a slow round).
+    roll_call_timeout_s: float = 120.0
     # Keep the Ray session up after a run for the next run of the same process (a multirun's
     # next job), instead of paying ray.init and shutdown every job. See simulation.ray_session.
     keep_ray_alive: bool = True
@@ -311,6 +315,7 @@ def validate_config(cfg: DictConfig | Config) -> None:
     _check("engine.num_cpus_per_client", engine.num_cpus_per_client, low=0, low_open=True)
     _check("engine.num_cpus", engine.num_cpus, low=1, optional=True)
     _check("engine.round_timeout_s", engine.round_timeout_s, low=0, low_open=True)
+    _check("engine.roll_call_timeout_s", engine.roll_call_timeout_s, low=0, low_open=True)
     if isinstance(cfg, DictConfig) and isinstance(cfg.get("strategy"), DictConfig):
         validate_strategy_options(cfg.strategy, cfg.scenario.num_devices)
 

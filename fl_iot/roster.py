@@ -87,21 +87,24 @@ def take_roll_call(
     ------
     RosterError
         If the nodes do not all connect or answer within ``timeout_s``, or their devices are not
-        the ``num_devices`` of the run, each once.
+        the ``num_devices`` of the run, each once: saying how many nodes connected and naming
+        the missing devices (the connected nodes are asked either way).
     """
     num_nodes = num_devices if num_nodes is None else num_nodes
     deadline = time.monotonic() + timeout_s
     while len(node_ids := list(grid.get_node_ids())) < num_nodes:
         if time.monotonic() > deadline:
-            raise RosterError(
-                f"only {len(node_ids)} of {num_nodes} nodes connected within {timeout_s:.0f} s"
-            )
+            break
         time.sleep(0.05)
     messages = [
         Message(content=RecordDict(), message_type=ROLL_CALL, dst_node_id=node_id)
         for node_id in node_ids
     ]
-    replies = grid.send_and_receive(messages, timeout=max(1.0, deadline - time.monotonic()))
+    # Nodes that did not all connect are still asked, briefly, so that the error names the
+    # devices that are missing.
+    replies = grid.send_and_receive(
+        messages, timeout=max(ROLL_CALL_GRACE_S, deadline - time.monotonic())
+    )
     sent = sent_destinations(messages)
     mapping: dict[int, tuple[int, ...]] = {}
     for reply in replies:
@@ -121,18 +124,29 @@ def take_roll_call(
             mapping[node_id] = devices
     listed = [d for devices in mapping.values() for d in devices]
     duplicates = len(listed) - len(set(listed))
-    if len(set(listed)) < num_devices or duplicates or set(listed) - set(range(num_devices)):
-        raise RosterError(
-            f"roll call: {len(mapping)} of {num_nodes} nodes answered for {len(set(listed))} "
-            f"of {num_devices} devices"
-            + (f", {duplicates} device ids claimed twice" if duplicates else "")
-            + (
-                f", unknown device ids {sorted(set(listed) - set(range(num_devices)))[:5]}"
-                if set(listed) - set(range(num_devices))
-                else ""
-            )
-        )
+    unknown = sorted(set(listed) - set(range(num_devices)))
+    missing = sorted(set(range(num_devices)) - set(listed))
+    if missing or duplicates or unknown:
+        problems = [f"{len(node_ids)} of {num_nodes} nodes connected within {timeout_s:g} s"]
+        problems.append(f"{len(mapping)} answered for {len(set(listed))} of {num_devices} devices")
+        if missing:
+            problems.append(f"missing devices: {_listing(missing)}")
+        if duplicates:
+            problems.append(f"{duplicates} device ids claimed twice")
+        if unknown:
+            problems.append(f"unknown device ids: {_listing(unknown)}")
+        raise RosterError("roll call: " + "; ".join(problems))
     return mapping
+
+
+ROLL_CALL_GRACE_S = 1.0
+"""Least time the nodes get to answer the roll call, even after the wait for them timed out."""
+
+
+def _listing(ids: list[int], shown: int = 20) -> str:
+    """``ids`` as a short list: the first ``shown``, then how many more."""
+    head = ", ".join(str(i) for i in ids[:shown])
+    return head + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
 def _devices_answered(node_id: int, content: RecordDict) -> tuple[int, ...]:

@@ -242,7 +242,7 @@ def run_server(
     central = central_evaluator(run) if cfg.scenario.central_evaluation else None
     initial: dict[str, float] = {}
     try:
-        grid, roster = connect_devices(grid, run, cfg.engine.round_timeout_s)
+        grid, roster = connect_devices(grid, run, cfg.engine.roll_call_timeout_s)
         give_roster(strategy, roster)
         scheduler = build_scheduler(run, roster)
         if checkpoint is not None:

@@ -185,9 +185,9 @@ def test_a_roll_call_that_nobody_answers_is_a_failed_run(monkeypatch, tmp_path):
         raise RosterError("only 0 of 4 nodes connected within 1 s")
 
     monkeypatch.setattr(simulation, "run_in_simulation", no_nodes)
-    cfg = compose("scenario.num_devices=4", "engine.round_timeout_s=1")
+    cfg = compose("scenario.num_devices=4", "engine.roll_call_timeout_s=1")
 
-    with pytest.raises(RunFailed, match=r"only 0 of 4 nodes .* \(engine.round_timeout_s=1\)"):
+    with pytest.raises(RunFailed, match=r"only 0 of 4 nodes .* \(engine.roll_call_timeout_s=1\)"):
         cli.run_study(cfg, tmp_path)
 
 

@@ -1,0 +1,54 @@
+"""The roll call: its own short timeout, and a failure that names the missing devices."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fl_iot.client_app import build_client_app
+from fl_iot.roster import RosterError, take_roll_call
+from tests.e2e import resolved_config
+from tests.in_process_grid import InProcessGrid
+
+
+def grid(num_nodes: int, silent: set[int] = frozenset(), **overrides: str) -> InProcessGrid:
+    cfg = resolved_config("scenario.num_devices=6", *overrides)
+    return InProcessGrid(
+        build_client_app(lambda _: cfg),
+        num_nodes,
+        fault=lambda partition, message: "silent" if partition in silent else None,
+    )
+
+
+def test_a_device_that_does_not_answer_is_named_with_how_many_nodes_connected():
+    with pytest.raises(RosterError) as refused:
+        take_roll_call(grid(6, silent={2, 4}), 6, timeout_s=0.2)
+    assert str(refused.value) == (
+        "roll call: 6 of 6 nodes connected within 0.2 s; 4 answered for 4 of 6 devices; "
+        "missing devices: 2, 4"
+    )
+
+
+def test_nodes_that_never_connect_are_waited_for_only_the_roll_call_timeout():
+    started = time.monotonic()
+    with pytest.raises(
+        RosterError,
+        match=r"4 of 6 nodes connected within 0.5 s; 4 answered "
+        r"for 4 of 6 devices; missing devices: 4, 5",
+    ):
+        take_roll_call(grid(4), 6, timeout_s=0.5)
+    assert time.monotonic() - started < 5
+
+
+def test_a_long_list_of_missing_devices_is_cut_short():
+    with pytest.raises(RosterError, match=r"missing devices: 3, 4, 5, .*, 22 and 17 more"):
+        take_roll_call(grid(3), 40, timeout_s=0.1)
+
+
+def test_the_roll_call_timeout_is_its_own_setting_and_is_checked():
+    from fl_iot.errors import ConfigError
+
+    assert resolved_config().engine.roll_call_timeout_s == 120
+    with pytest.raises(ConfigError, match=r"engine\.roll_call_timeout_s"):
+        resolved_config("engine.roll_call_timeout_s=0")
