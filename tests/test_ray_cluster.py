@@ -104,6 +104,11 @@ class RayCluster:
     env: dict[str, str]
     nodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
+    @property
+    def data_env(self) -> dict[str, str]:
+        """The data root the nodes have, for the fl-iot process too (CI sets none of its own)."""
+        return {"FL_IOT_DATA_ROOT": self.env["FL_IOT_DATA_ROOT"]}
+
     def start_node(self, name: str, *args: str) -> None:
         """Start one node, its output into ``<log_dir>/<name>.log``."""
         with (self.log_dir / f"{name}.log").open("w") as log:
@@ -243,7 +248,7 @@ def test_a_run_attaches_to_a_running_two_node_cluster(ray_cluster, tmp_path):
         *TINY,
         "tracking.sinks=[console,summary]",
         run_dir_override(run_dir),
-        env={**OFFLINE, "RAY_ADDRESS": ray_cluster.address},
+        env={**OFFLINE, **ray_cluster.data_env, "RAY_ADDRESS": ray_cluster.address},
         timeout=300,
     )
 
@@ -264,7 +269,7 @@ def test_a_run_attaches_to_a_running_two_node_cluster(ray_cluster, tmp_path):
         *TINY,
         "tracking.sinks=[console,summary]",
         run_dir_override(tmp_path / "alone"),
-        env={**OFFLINE, "RAY_ADDRESS": ""},
+        env={**OFFLINE, **ray_cluster.data_env, "RAY_ADDRESS": ""},
         timeout=300,
     )
     assert alone.returncode == 0, alone.stderr[-3000:]
@@ -278,7 +283,7 @@ def test_a_run_attaches_to_a_running_two_node_cluster(ray_cluster, tmp_path):
         *TINY,
         "engine.num_cpus_per_client=2",
         run_dir_override(tmp_path / "too_big"),
-        env={**OFFLINE, "RAY_ADDRESS": ray_cluster.address},
+        env={**OFFLINE, **ray_cluster.data_env, "RAY_ADDRESS": ray_cluster.address},
         timeout=120,
     )
     assert too_big.returncode == 2, too_big.stderr[-3000:]
