@@ -221,21 +221,30 @@ def training_model(run: RunContext, arrays: ArrayRecord, trainer: type[LocalTrai
     return model
 
 
-_LAST_STATE: list[tuple[ArrayRecord, dict[str, torch.Tensor]]] = []
+_LAST_STATE: list[tuple[ArrayRecord, tuple[Any, ...], dict[str, torch.Tensor]]] = []
 
 
 def torch_state_of(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
     """``arrays`` as a torch state dict, converted once for the devices that share it.
 
     A gateway's devices of a round all receive the same global model (one record object); the
-    last conversion is kept (with its record, so that the record's id cannot be reused). The
+    last conversion is kept with the record and its arrays, and used again only while the
+    record holds the very same array objects (an array set into it is another object). The
     tensors are only ever copied from (``load_state_dict``), never written.
     """
-    if _LAST_STATE and _LAST_STATE[0][0] is arrays:
-        return _LAST_STATE[0][1]
+    contents = tuple((key, array) for key, array in arrays.items())
+    if _LAST_STATE and _LAST_STATE[0][0] is arrays and _same(_LAST_STATE[0][1], contents):
+        return _LAST_STATE[0][2]
     state = arrays.to_torch_state_dict()
-    _LAST_STATE[:] = [(arrays, state)]
+    _LAST_STATE[:] = [(arrays, contents, state)]
     return state
+
+
+def _same(kept: tuple[Any, ...], contents: tuple[Any, ...]) -> bool:
+    """Whether two ``(key, array)`` listings name the same array objects, in order."""
+    return len(kept) == len(contents) and all(
+        a[0] == b[0] and a[1] is b[1] for a, b in zip(kept, contents, strict=True)
+    )
 
 
 def seed_torch(seed: int) -> None:

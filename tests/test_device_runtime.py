@@ -51,3 +51,15 @@ def test_a_device_that_never_kept_state_writes_no_snapshot_and_an_emptied_one_do
     store.save(4, 1, RecordDict({"c": ConfigRecord({"x": 1})}))
     store.save(4, 2, RecordDict())  # the device emptied its state: that must be kept too
     assert store.load(4, 3) is not None and len(store.load(4, 3)) == 0
+
+
+def test_the_converted_global_model_is_used_again_only_for_the_same_arrays():
+    run = run_context(resolved_config("scenario=vehicle_fleet", "scenario.num_devices=6"))
+    arrays = ArrayRecord(fresh_model(run).state_dict())
+    first = runtime.torch_state_of(arrays)
+    assert runtime.torch_state_of(arrays) is first
+    key = next(iter(arrays))
+    arrays[key] = ArrayRecord({key: first[key] + 1.0})[key]  # the same record, changed
+    changed = runtime.torch_state_of(arrays)
+    assert changed is not first
+    np.testing.assert_array_equal(changed[key].numpy(), first[key].numpy() + 1.0)
