@@ -9,6 +9,7 @@ trained and saved their state for it and before the server checkpointed it, whic
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -221,7 +222,15 @@ def test_a_resumed_run_continues_its_wandb_run(tmp_path):
         run(cfg, tmp_path, KilledGrid, kill_round=3, after=1)
     run(cfg, tmp_path, RenumberedGrid)
 
-    first, second = offline_runs(tmp_path)
+    # W&B's service writes each attempt's file in the background (the killed attempt's is never
+    # finished): wait until both carry their run record. W&B names each attempt's directory by
+    # the second it started in, so they are ordered by their rounds, not by name.
+    deadline = time.monotonic() + 30
+    while (
+        len(runs := offline_runs(tmp_path)) < 2 or not all(r["run_id"] for r in runs)
+    ) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    first, second = sorted(runs, key=lambda r: min(r["history"], default=0))
     assert first["run_id"] == second["run_id"] == (tmp_path / "wandb-run-id").read_text().strip()
     assert sorted(first["history"]) == [1, 2]
     assert sorted(second["history"]) == [3]
