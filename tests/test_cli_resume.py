@@ -54,8 +54,9 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_model(
     seen: set[int] = set()
     try:
         deadline = time.monotonic() + 300
-        metrics = run_dir / "metrics.jsonl"
-        while not metrics.is_file() or len(metrics.read_text().splitlines()) < 2:
+        # Killed once round 2's checkpoint is written: its metrics line comes just before the
+        # checkpoint, so waiting for the line alone can kill the run between the two.
+        while checkpointed_round(run_dir) < 2:
             assert run.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "two rounds did not finish within 300 s"
             seen |= session_members(run.pid)
@@ -86,6 +87,13 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_model(
     again = run_cli(f"resume={run_dir}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "has completed all 5 rounds; nothing to resume" in again.stderr
+
+
+def checkpointed_round(run_dir: Path) -> int:
+    """The last round the run's checkpoint holds, 0 before the first (written atomically)."""
+    if not (run_dir / "checkpoint" / "server.pkl").is_file():
+        return 0
+    return read_checkpoint(run_dir).round
 
 
 def test_resume_refuses_other_overrides_and_a_directory_without_checkpoint(tmp_path):
