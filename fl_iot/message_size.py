@@ -128,7 +128,7 @@ def _by_layout(reply: Message, content: RecordDict) -> ReplyBytes:
             layout = _layout(record, index, owners)
             size = _LAYOUT_BYTES.get(layout)
             if size is None:
-                size = _record_bytes(record)
+                size = _deflated_bytes(record, [record])  # once per layout
                 if len(_LAYOUT_BYTES) >= _MAX_LAYOUTS:
                     _LAYOUT_BYTES.clear()
                 _LAYOUT_BYTES[layout] = size
@@ -168,15 +168,6 @@ def _layout(record: ArrayRecord, owner: int, owners: dict[bytes, int]) -> tuple[
             chunks.append(numbering.setdefault(chunk, len(numbering)))
         arrays.append((key, array.dtype, tuple(array.shape), array.stype, tuple(chunks)))
     return tuple(arrays)
-
-
-def _record_bytes(record: InflatableObject) -> int:
-    sizes: dict[str, int] = {}
-    try:
-        _subtree_bytes(record, record.object_id, sizes)
-    except (ValueError, OverflowError, TypeError):
-        return 0
-    return sum(sizes.values())
 
 
 def _header_bytes_of(reply: Message) -> int:

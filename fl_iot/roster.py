@@ -25,6 +25,7 @@ from flwr.supercore.run import Run
 from clients.gateway import GatewayFormatError, is_packed, unpack
 from fl_iot.protocol import DEVICE, DEVICE_ID, ROLL_CALL
 from strategies import answered_node, sent_destinations
+from strategies.validation import claimed_device
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +177,11 @@ def _devices_answered(node_id: int, content: RecordDict) -> tuple[int, ...]:
 
 
 def _device_id(content: RecordDict) -> int | None:
-    record = content.config_records.get(DEVICE)
-    device_id = record.get(DEVICE_ID) if record is not None else None
-    if isinstance(device_id, bool) or not isinstance(device_id, int):
+    """The device id a roll-call answer names, ``None`` when it names none or a malformed one."""
+    try:
+        return claimed_device(content)
+    except ValueError:
         return None
-    return device_id
 
 
 def device_roster(mapping: dict[int, tuple[int, ...]]) -> Roster:
