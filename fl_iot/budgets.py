@@ -31,7 +31,7 @@ def check_device_memory(run: RunContext) -> dict[str, MemoryEstimate]:
             name,
             device_class.memory_limit_mb,
             model,
-            run.data.source.input_shape,
+            run.data.info.input_shape,
             device_class.batch_size,
             trainer=trainer_of(run.cfg, name),
             grad_sample_mode=str(device_class.trainer_options.get("grad_sample_mode", "auto")),

@@ -86,8 +86,8 @@ def run_study(cfg: DictConfig, output_dir: Path, resume: bool = False) -> dict[s
     except (TypeError, ValueError, RuntimeError) as error:
         raise ConfigError(
             f"scenario.model ({resolved.scenario.model.get('_target_')}) cannot be built for "
-            f"input shape {list(run.data.source.input_shape)} and "
-            f"{run.data.source.num_classes} classes: {_one_line(error)}"
+            f"input shape {list(run.data.info.input_shape)} and "
+            f"{run.data.info.num_classes} classes: {_one_line(error)}"
         ) from None
     check_device_memory(run)
     try:

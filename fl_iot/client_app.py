@@ -20,8 +20,10 @@ from clients.compression import Compression, compression_mod, model_decoder_mod
 from clients.compression.wire import CompressionOf
 from clients.gateway import gateway_mod
 from fl_iot.device_runtime import (
+    RunContext,
     TrainingDeclinedError,
     WentOfflineError,
+    data_path_of,
     device_id_of,
     devices_served,
     evaluate_on_device,
@@ -54,15 +56,18 @@ def build_client_app(config_source: ConfigSource, state_dir: Path | None = None)
     Innermost, the device class's codec (``compression``) encodes each train reply
     (:func:`clients.compression.compression_mod`), keeping its error-feedback residual in
     ``context.state``.
+
+    A node whose node-config has ``data-path`` reads only the device export(s) there
+    (:func:`fl_iot.device_runtime.data_path_of`) instead of loading the whole dataset.
     """
     mods = [
-        model_decoder_mod(lambda msg, context: run_context(config_source(context)).downlink),
+        model_decoder_mod(lambda msg, context: _run_of(config_source, context).downlink),
         compression_mod(_compression_for(config_source), seed_of=_codec_seed(config_source)),
     ]
     if state_dir is not None:
         mods.insert(0, persisted_state_mod(DeviceStateStore(state_dir), device_id_of))
     mods.insert(
-        0, gateway_mod(lambda context: devices_served(context, run_context(config_source(context))))
+        0, gateway_mod(lambda context: devices_served(context, _run_of(config_source, context)))
     )
     app = ClientApp(mods=mods)
 
@@ -74,7 +79,9 @@ def build_client_app(config_source: ConfigSource, state_dir: Path | None = None)
     def train(msg: Message, context: Context) -> Message:
         cfg = config_source(context)
         try:
-            content = train_on_device(cfg, device_id_of(context), msg.content, context.state)
+            content = train_on_device(
+                cfg, device_id_of(context), msg.content, context.state, data_path_of(context)
+            )
         except TrainingDeclinedError as declined:
             log.info("%s", declined)
             return Message(Error(code=DECLINED_ERROR_CODE, reason=str(declined)), reply_to=msg)
@@ -86,15 +93,23 @@ def build_client_app(config_source: ConfigSource, state_dir: Path | None = None)
     def evaluate(msg: Message, context: Context) -> Message:
         cfg = config_source(context)
         return Message(
-            content=evaluate_on_device(cfg, device_id_of(context), msg.content), reply_to=msg
+            content=evaluate_on_device(
+                cfg, device_id_of(context), msg.content, data_path_of(context)
+            ),
+            reply_to=msg,
         )
 
     return app
 
 
+def _run_of(config_source: ConfigSource, context: Context) -> RunContext:
+    """The run of a message, with the node's own exported data if it has any."""
+    return run_context(config_source(context), data_path_of(context))
+
+
 def _compression_for(config_source: ConfigSource) -> CompressionOf:
     def compression_for(msg: Message, context: Context) -> Compression | None:
-        run = run_context(config_source(context))
+        run = _run_of(config_source, context)
         return run.compression[run.federation[device_id_of(context)].device_class]
 
     return compression_for

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,11 +31,18 @@ from fl_iot.config import (
     privacy_profile_of,
     trainer_of,
 )
-from fl_iot.data import FederatedData, load_federated_data
+from fl_iot.data import (
+    PartitionSpec,
+    RunData,
+    load_federated_data,
+    read_device_exports,
+    read_server_share,
+)
 from fl_iot.federation import Device, Federation, build_federation
 from fl_iot.gateways import Assignment, gateway_assignment
 from fl_iot.metrics import evaluate_model
 from fl_iot.models import model_factory
+from fl_iot.run_config import SERVER_DATA_KEY
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +75,7 @@ class RunContext:
     """Everything derived from the config that every device of a run shares."""
 
     cfg: DictConfig
-    data: FederatedData
+    data: RunData  # the whole partitioned dataset, or the share exported for this node
     federation: Federation
     model_factory: Callable[..., nn.Module]
     device_classes: dict[str, DeviceClassRuntime]
@@ -77,35 +85,65 @@ class RunContext:
     run_key: str  # a digest of the resolved config: names this run in in-process caches
 
 
-_BY_IDENTITY: dict[int, tuple[DictConfig, RunContext]] = {}
+DATA_PATH_KEY = "data-path"
+"""Node-config key of the directory holding the device's own exported data (``fl-iot-export``)."""
+
+_BY_IDENTITY: dict[tuple[int, Path | None, Path | None], tuple[DictConfig, RunContext]] = {}
 
 
-def run_context(cfg: DictConfig) -> RunContext:
+def run_context(
+    cfg: DictConfig, device_data: Path | None = None, server_data: Path | None = None
+) -> RunContext:
     """Load (once per process) the data and federation of the run described by ``cfg``.
+
+    Without ``device_data`` or ``server_data`` the whole dataset is loaded and partitioned
+    (:func:`fl_iot.data.load_federated_data`), as in simulation. With ``device_data`` (a node's
+    ``data-path``) only the device export(s) there are read, and with ``server_data`` (the
+    ServerApp's ``server-data``) only the server's share (:mod:`fl_iot.data.export`); either is
+    checked to be this run's partition (:class:`~fl_iot.data.PartitionSpec`).
 
     Called for every message, so the common case (the same config object again: the apps hold
     it in a closure or a cache) is a dict look-up; serialising the config to recognise an equal
     but new object costs tens of milliseconds.
+
+    Raises
+    ------
+    fl_iot.data.ExportedDataError
+        When the export is missing, malformed or made for another partition.
     """
-    known = _BY_IDENTITY.get(id(cfg))
+    key = (id(cfg), device_data, server_data)
+    known = _BY_IDENTITY.get(key)
     if known is not None and known[0] is cfg:
         return known[1]
-    context = _run_context_cached(OmegaConf.to_yaml(cfg, resolve=True))
+    context = _run_context_cached(OmegaConf.to_yaml(cfg, resolve=True), device_data, server_data)
     if len(_BY_IDENTITY) >= 8:
         _BY_IDENTITY.clear()
-    _BY_IDENTITY[id(cfg)] = (cfg, context)  # keeps cfg alive, so its id is not reused
+    _BY_IDENTITY[key] = (cfg, context)  # keeps cfg alive, so its id is not reused
     return context
 
 
+def partition_spec(cfg: DictConfig) -> PartitionSpec:
+    """What decides the run's partition: its dataset config, number of devices and seed."""
+    dataset: dict[str, Any] = OmegaConf.to_container(cfg.scenario.dataset, resolve=True)  # type: ignore[assignment]
+    return PartitionSpec(dataset, cfg.scenario.num_devices, int(cfg.seed))
+
+
+def _run_data(cfg: DictConfig, device_data: Path | None, server_data: Path | None) -> RunData:
+    spec = partition_spec(cfg)
+    if device_data is not None:
+        return read_device_exports(device_data, spec, f"node-config {DATA_PATH_KEY}={device_data}")
+    if server_data is not None:
+        return read_server_share(server_data, spec, f"run-config {SERVER_DATA_KEY}={server_data}")
+    return load_federated_data(dict(spec.dataset), spec.num_devices, spec.seed)
+
+
 @lru_cache(maxsize=4)
-def _run_context_cached(cfg_yaml: str) -> RunContext:
+def _run_context_cached(
+    cfg_yaml: str, device_data: Path | None, server_data: Path | None
+) -> RunContext:
     cfg = OmegaConf.create(cfg_yaml)
     assert isinstance(cfg, DictConfig)
-    data = load_federated_data(
-        OmegaConf.to_container(cfg.scenario.dataset, resolve=True),  # type: ignore[arg-type]
-        cfg.scenario.num_devices,
-        cfg.seed,
-    )
+    data = _run_data(cfg, device_data, server_data)
     federation = build_federation(
         data.natural_keys,
         dict(cfg.scenario.device_mix),
@@ -185,6 +223,16 @@ def devices_served(context: Context, run: RunContext) -> tuple[int, ...] | None:
     )
 
 
+def data_path_of(context: Context) -> Path | None:
+    """The node's own exported data (node-config ``data-path``), or ``None`` to load it all.
+
+    One device's export directory, or, on a gateway, a directory of its devices'
+    ``device-<n>/`` exports.
+    """
+    value = str(context.node_config.get(DATA_PATH_KEY) or "")
+    return Path(value).expanduser() if value else None
+
+
 def device_seed(seed: int, device_id: int, server_round: int) -> int:
     """A seed for one device in one round, independent across devices and rounds."""
     return int(np.random.SeedSequence([seed, device_id, server_round]).generate_state(1)[0])
@@ -193,7 +241,7 @@ def device_seed(seed: int, device_id: int, server_round: int) -> int:
 def fresh_model(run: RunContext, arrays: ArrayRecord | None = None) -> nn.Module:
     """The scenario's model, loaded with ``arrays`` when given."""
     model = run.model_factory(
-        input_shape=run.data.source.input_shape, num_classes=run.data.source.num_classes
+        input_shape=run.data.info.input_shape, num_classes=run.data.info.num_classes
     )
     if arrays is not None:
         model.load_state_dict(torch_state_of(arrays))
@@ -308,7 +356,7 @@ def local_update(
     local_train, _ = run.data.device_split(device.device_id)
     if attack is not None:
         rng = rng if rng is not None else np.random.default_rng(settings.seed)
-        local_train = attack.poison_data(local_train, run.data.source.num_classes, rng)
+        local_train = attack.poison_data(local_train, run.data.info.num_classes, rng)
 
     device_class = run.device_classes[device.device_class]
     model = training_model(run, global_arrays, device_class.trainer)
@@ -345,9 +393,18 @@ def attack_context(
 
 
 def train_on_device(
-    cfg: DictConfig, device_id: int, content: RecordDict, state: RecordDict
+    cfg: DictConfig,
+    device_id: int,
+    content: RecordDict,
+    state: RecordDict,
+    device_data: Path | None = None,
 ) -> RecordDict:
     """Train the received global model on the device's local data and build the reply.
+
+    ``device_data`` is the node's exported data (:func:`data_path_of`); ``None`` loads the
+    whole dataset (:func:`run_context`). A colluding attacker trains its colluders' honest
+    updates, so on a node that holds only its own data a collusion attack fails (it needs their
+    data).
 
     Raises
     ------
@@ -355,7 +412,7 @@ def train_on_device(
         When the device's trainer refuses the round; the ClientApp turns it into an error reply.
     """
     torch.set_num_threads(1)  # one thread per client process: see perf-baseline.md §1
-    run = run_context(cfg)
+    run = run_context(cfg, device_data)
     device = run.federation[device_id]
     global_arrays: ArrayRecord = content[P.ARRAYS]  # type: ignore[assignment]
     config: ConfigRecord = content.get(P.CONFIG, ConfigRecord())  # type: ignore[assignment]
@@ -446,14 +503,19 @@ def take_partial_update(state: RecordDict) -> RecordDict | None:
     )
 
 
-def evaluate_on_device(cfg: DictConfig, device_id: int, content: RecordDict) -> RecordDict:
-    """Evaluate the received global model on the device's local test split."""
+def evaluate_on_device(
+    cfg: DictConfig, device_id: int, content: RecordDict, device_data: Path | None = None
+) -> RecordDict:
+    """Evaluate the received global model on the device's local test split.
+
+    ``device_data`` as for :func:`train_on_device`.
+    """
     torch.set_num_threads(1)
-    run = run_context(cfg)
+    run = run_context(cfg, device_data)
     device = run.federation[device_id]
     _, local_test = run.data.device_split(device_id)
     model = fresh_model(run, content[P.ARRAYS])  # type: ignore[arg-type]
-    loss, confusion = evaluate_model(model, local_test, run.data.source.num_classes)
+    loss, confusion = evaluate_model(model, local_test, run.data.info.num_classes)
     return RecordDict(
         {
             P.METRICS: MetricRecord(

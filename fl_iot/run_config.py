@@ -14,7 +14,17 @@ bundle) with overrides built here::
     data-root = "/data"                 ->  scenario.dataset.root=/data
     overrides = "scenario.num_rounds=3 scenario.num_devices=4"   (any Hydra overrides)
 
-``output-dir`` is not part of the Hydra config: it tells the ServerApp where to write results.
+``output-dir`` and ``server-data`` are not part of the Hydra config; they tell the ServerApp
+where to write results and where its share of the data is:
+
+``server-data = "/data/export/server"``
+    The ServerApp reads only the server's share that ``fl-iot-export`` wrote (the central test
+    split and every device's sizes, :mod:`fl_iot.data.export`) instead of loading and
+    partitioning the whole dataset; empty (the default): it loads the dataset. It must be an
+    export of this run's partition (same scenario dataset, ``scenario.num_devices`` and
+    ``seed``); another is refused, naming what differs. Each SuperNode then holds its own
+    device's export, named by its node-config: ``--node-config "device-id=3
+    data-path=/data/export/device-3"`` (:data:`fl_iot.device_runtime.DATA_PATH_KEY`).
 """
 
 from __future__ import annotations
@@ -27,6 +37,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+SERVER_DATA_KEY = "server-data"
+"""Run-config key of the directory holding the server's exported share of the data."""
 
 GROUP_KEYS = ("scenario", "strategy", "attack", "tracking", "privacy")
 """Run-config keys that select a Hydra config group option."""

@@ -101,7 +101,7 @@ def build_scheduler(run: RunContext, roster: Roster) -> RoundScheduler:
     fleet = build_fleet(
         run.cfg,
         [federation[d].device_class for d in range(len(federation))],
-        [len(run.data.device_split(d)[0]) for d in range(len(federation))],
+        list(run.data.local_train_sizes),
     )
     # The run's config is plain (run_context re-creates it from YAML): merge it into the schema.
     rounds = OmegaConf.to_object(
@@ -117,13 +117,12 @@ def raw_data_baseline(run: RunContext) -> dict[str, Any]:
     From the dataset's :class:`~fl_iot.data.RawData` and each device's local training split;
     empty for a dataset that does not say what its sensors produce.
     """
-    raw = run.data.source.raw
+    raw = run.data.info.raw
     if raw is None:
         return {}
     by_class: dict[str, float] = {}
-    for device in range(len(run.federation)):
+    for device, examples in enumerate(run.data.local_train_sizes):
         name = run.federation[device].device_class
-        examples = len(run.data.device_split(device)[0])
         by_class[name] = by_class.get(name, 0.0) + examples * raw.bytes_per_example
     return {
         "bytes_once": sum(by_class.values()),
@@ -166,8 +165,8 @@ def initial_arrays(run: RunContext) -> ArrayRecord:
 
 def central_evaluator(run: RunContext) -> CentralEvaluation:
     """Evaluate the global model on the dataset's central held-out split."""
-    test = run.data.source.test
-    num_classes = run.data.source.num_classes
+    test = run.data.central_test
+    num_classes = run.data.info.num_classes
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> dict[str, float]:
         loss, confusion = evaluate_model(fresh_model(run, arrays), test, num_classes)
@@ -182,6 +181,7 @@ def run_server(
     output_dir: Path,
     result: RunResult | None = None,
     resume: bool = False,
+    server_data: Path | None = None,
 ) -> RunResult:
     """Run the study of ``cfg`` over ``grid`` and write its results to ``output_dir``.
 
@@ -190,11 +190,15 @@ def run_server(
     model, scheduler, records and random states are the checkpoint's, the sinks continue their
     files (:meth:`fl_iot.tracking.Sink.resume`), and the rounds after the checkpoint's run as
     they would have without the interruption. A fresh start removes an earlier checkpoint.
+
+    With ``server_data`` (the run-config's ``server-data``) the server reads only its share of
+    the exported data (:func:`fl_iot.data.read_server_share`): the central test split and
+    every device's sizes, no device's samples.
     """
     started = time.perf_counter()
     result = result if result is not None else RunResult()
     torch.set_num_threads(1)
-    run = run_context(cfg)
+    run = run_context(cfg, server_data=server_data)
     check_device_memory(run)
     checkpoint = read_checkpoint(output_dir) if resume else None
     if checkpoint is None:
@@ -213,19 +217,19 @@ def run_server(
         config=to_container(cfg),
         output_dir=output_dir,
         dataset={
-            "name": run.data.source.name,
-            "description": run.data.source.description,
-            "synthetic": run.data.source.synthetic,
-            "classes": list(run.data.source.class_names),
-            "input_shape": list(run.data.source.input_shape),
-            "train_samples": len(run.data.source.train),
-            "central_test_samples": len(run.data.source.test),
+            "name": run.data.info.name,
+            "description": run.data.info.description,
+            "synthetic": run.data.info.synthetic,
+            "classes": list(run.data.info.class_names),
+            "input_shape": list(run.data.info.input_shape),
+            "train_samples": run.data.info.train_samples,
+            "central_test_samples": run.data.info.central_test_samples,
         },
         federation={
             "num_devices": len(run.federation),
             "device_classes": run.federation.class_counts(),
             "attackers": sorted(run.federation.attackers),
-            "samples_per_device": [len(p) for p in run.data.partitions],
+            "samples_per_device": list(run.data.partition_sizes),
         },
         model_parameters=count_parameters(fresh_model(run)),
         versions=package_versions(),
@@ -276,7 +280,7 @@ def run_server(
             federation=run.federation,
             num_rounds=cfg.scenario.num_rounds,
             seed=cfg.seed,
-            num_classes=run.data.source.num_classes,
+            num_classes=run.data.info.num_classes,
             round_timeout_s=cfg.engine.round_timeout_s,
             central_evaluation=central,
             sinks=sinks,

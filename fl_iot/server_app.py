@@ -2,8 +2,10 @@
 
 ``app`` is the ServerApp that ``flwr run`` loads (``[tool.flwr.app.components]``); it composes the
 Hydra config from the run-config and writes results to the run-config's ``output-dir`` (default
-``./outputs/flwr-run-<run id>`` under the SuperLink's working directory). The Hydra CLI builds the
-same app with :func:`build_server_app` around the config it already composed.
+``./outputs/flwr-run-<run id>`` under the SuperLink's working directory). With the run-config's
+``server-data`` it reads only the server's exported share of the data
+(:mod:`fl_iot.data.export`) instead of the whole dataset. The Hydra CLI builds the same app with
+:func:`build_server_app` around the config it already composed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 
-from fl_iot.run_config import config_from_run_config
+from fl_iot.run_config import SERVER_DATA_KEY, config_from_run_config
 from fl_iot.server import RunResult, run_server
 
 
@@ -38,7 +40,13 @@ def build_server_app(
     def main(grid: Grid, context: Context) -> None:
         if show_progress:
             _log_progress_to_stderr()
-        run_server(grid, config_source(context), output_dir_source(context), result)
+        run_server(
+            grid,
+            config_source(context),
+            output_dir_source(context),
+            result,
+            server_data=_server_data(context),
+        )
 
     return app
 
@@ -46,6 +54,11 @@ def build_server_app(
 def _output_dir(context: Context) -> Path:
     configured = str(context.run_config.get("output-dir") or "")
     return Path(configured) if configured else Path.cwd() / "outputs" / f"flwr-run-{context.run_id}"
+
+
+def _server_data(context: Context) -> Path | None:
+    configured = str(context.run_config.get(SERVER_DATA_KEY) or "")
+    return Path(configured).expanduser() if configured else None
 
 
 def _log_progress_to_stderr() -> None:

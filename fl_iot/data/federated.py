@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,17 @@ from clients.data import LabeledData
 from fl_iot.data.base import DATASETS, SourceDataset
 from fl_iot.data.cache import cache_key, cached_source
 from fl_iot.data.partition import natural_keys, partition_indices, split_device_data
+from fl_iot.data.run_data import DatasetInfo
 from fl_iot.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class FederatedData:
-    """A source dataset, its partition among devices and each device's local split."""
+    """A source dataset, its partition among devices and each device's local split.
+
+    The whole dataset, as every process of a simulation loads it; a
+    :class:`~fl_iot.data.run_data.RunData`.
+    """
 
     source: SourceDataset
     partitions: tuple[np.ndarray, ...]
@@ -50,6 +55,26 @@ class FederatedData:
         return self.source.train.subset(index[local_train]), self.source.train.subset(
             index[local_test]
         )
+
+    @cached_property
+    def info(self) -> DatasetInfo:
+        """The dataset's description and shape."""
+        return DatasetInfo.of(self.source)
+
+    @property
+    def central_test(self) -> LabeledData:
+        """The central held-out split the server evaluates on."""
+        return self.source.test
+
+    @cached_property
+    def local_train_sizes(self) -> tuple[int, ...]:
+        """Each device's number of local training samples, in device order."""
+        return tuple(len(self.device_split(d)[0]) for d in range(self.num_devices))
+
+    @property
+    def partition_sizes(self) -> tuple[int, ...]:
+        """Each device's number of samples in its partition (before its local split)."""
+        return tuple(len(p) for p in self.partitions)
 
 
 def load_federated_data(

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose_config(overrides)
         run = run_context(cfg)
         classes = [device.device_class for device in run.federation.devices]
-        fleet = build_fleet(cfg, classes, [len(p) for p in run.data.partitions])
+        fleet = build_fleet(cfg, classes, list(run.data.partition_sizes))
     except (FlIotError, HydraException) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
