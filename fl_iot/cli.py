@@ -13,12 +13,14 @@ SIGTERM with 130 and 143; :mod:`fl_iot.errors` has the whole table and the rule 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -376,6 +378,24 @@ def _print_hydra_error(error: CompactHydraException) -> None:
         print(str(error.__cause__), file=sys.stderr)
 
 
+@contextlib.contextmanager
+def user_errors_exit(prog: str) -> Iterator[None]:
+    """Turn a user error into its one message and exit status 2, without a traceback.
+
+    A :class:`FlIotError` prints ``<prog>: error: <message>``; a Hydra composition error (a bad
+    override) prints as Hydra does (:data:`~fl_iot.errors.EXIT_CODE_USER_ERROR`). For
+    fl-iot's commands.
+    """
+    try:
+        yield
+    except FlIotError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_CODE_USER_ERROR) from None
+    except CompactHydraException as error:
+        _print_hydra_error(error)
+        raise SystemExit(EXIT_CODE_USER_ERROR) from None
+
+
 def main() -> None:
     """Console-script entry point: the exit codes of :mod:`fl_iot.errors`."""
     register_configs()
@@ -389,13 +409,8 @@ def main() -> None:
         # for anything but its own composition errors and exits with 1 for all of them.
         os.environ["HYDRA_FULL_ERROR"] = "1"
         try:
-            hydra_main()
-        except FlIotError as error:
-            print(f"fl-iot: error: {error}", file=sys.stderr)
-            raise SystemExit(EXIT_CODE_USER_ERROR) from None
-        except CompactHydraException as error:
-            _print_hydra_error(error)
-            raise SystemExit(EXIT_CODE_USER_ERROR) from None
+            with user_errors_exit("fl-iot"):
+                hydra_main()
         except Interrupted as interrupt:
             _exit_now(f"fl-iot: {interrupt}", interrupt.exit_code)
         finally:
