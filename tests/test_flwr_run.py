@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fl_iot.deploy.loopback import stage_app
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
@@ -61,20 +61,7 @@ def app_dir(tmp_path):
     The copy has no ``fl_iot/assets`` binaries in its bundle either (a FAB carries text files
     only), so the run also proves that the bundled data is found through the installed package.
     """
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    target = tmp_path / "fl-iot-app"
-    for name in listed:
-        source = REPO_ROOT / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    return target
+    return stage_app(REPO_ROOT, tmp_path / "fl-iot-app")
 
 
 @pytest.mark.parametrize(
