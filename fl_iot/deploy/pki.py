@@ -8,11 +8,19 @@ registered (``flwr supernode register``). Flower 1.42 accepts only OpenSSH-forma
 curve for nodes, so node keys are ECDSA P-384 in OpenSSH format.
 
 Everything is generated with ``cryptography`` (a Flower dependency), so a deployment needs no
-``openssl`` binary. Private keys are written readable by their owner only.
+``openssl`` binary. Private keys are written readable by their owner only. For real machines::
+
+    python -m fl_iot.deploy.pki --out pki --host superlink.example.org --host 10.0.0.5 --nodes 3
+
+writes ``pki/ca.crt`` (to every SuperNode and ``flwr`` CLI host), ``pki/server.pem`` and
+``pki/server.key`` (to the SuperLink host; ``pki/ca.key`` stays offline) and
+``pki/keys/supernode-<i>`` with its ``.pub`` (the private key to node ``i``, the public key to
+``flwr supernode register``).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import ipaddress
 import os
@@ -156,3 +164,31 @@ def _write_private(path: Path, content: bytes) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as file:
         file.write(content)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m fl_iot.deploy.pki``: a CA, a SuperLink certificate and node key pairs."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fl_iot.deploy.pki",
+        description="Create the CA, SuperLink certificate and SuperNode keys of a deployment.",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="directory to write them to")
+    parser.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        help="a name or IP address SuperNodes use to reach the SuperLink (repeatable)",
+    )
+    parser.add_argument("--nodes", type=int, default=0, help="SuperNode key pairs to create")
+    args = parser.parse_args(argv)
+    if args.nodes < 0:
+        parser.error(f"--nodes must be at least 0, got {args.nodes}")
+    certificates = create_server_certificates(args.out, hosts=args.host)
+    print(f"CA certificate {certificates.ca_certificate}; SuperLink {certificates.certificate}")
+    for index in range(args.nodes):
+        keys = create_node_keys(args.out / "keys", f"supernode-{index}")
+        print(f"SuperNode {index}: {keys.private_key} (public {keys.public_key})")
+
+
+if __name__ == "__main__":
+    main()
