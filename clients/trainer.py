@@ -141,13 +141,57 @@ def proximal_term(model: nn.Module, anchor: list[torch.Tensor], mu: float) -> to
 
 
 def sgd(model: nn.Module, settings: TrainSettings) -> torch.optim.SGD:
-    """The optimiser every built-in trainer uses."""
+    """The optimiser of trainers that need a ``torch.optim.Optimizer`` (Opacus wraps one)."""
     return torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad],
         lr=settings.learning_rate,
         momentum=settings.momentum,
         weight_decay=settings.weight_decay,
     )
+
+
+class MomentumSGD:
+    """SGD with momentum and weight decay: what ``torch.optim.SGD`` computes, without its import.
+
+    Building any ``torch.optim.Optimizer`` imports TorchDynamo (about 1.1 s on an idle core,
+    more on a loaded one). A process that trains once pays it on every round: Flower's
+    Deployment Engine starts a fresh ClientApp process for every message. The arithmetic is
+    torch's single-tensor SGD (``foreach=False``, the default on CPU), no dampening, no Nesterov,
+    in the same order of operations, so a model trains bit-identically with either
+    (``tests/test_trainer_sgd.py``).
+    """
+
+    def __init__(
+        self, params: list[nn.Parameter], lr: float, momentum: float, weight_decay: float
+    ) -> None:
+        self.params = params
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.buffers: list[torch.Tensor | None] = [None] * len(params)
+
+    def zero_grad(self) -> None:
+        """Drop every parameter's gradient (``set_to_none``, as torch does by default)."""
+        for param in self.params:
+            param.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update of every parameter that has a gradient."""
+        for index, param in enumerate(self.params):
+            if param.grad is None:
+                continue
+            grad = param.grad
+            if self.weight_decay != 0:
+                grad = grad.add(param, alpha=self.weight_decay)
+            if self.momentum != 0:
+                buffer = self.buffers[index]
+                if buffer is None:
+                    buffer = self.buffers[index] = grad.detach().clone()
+                else:
+                    buffer.mul_(self.momentum).add_(grad)
+                grad = buffer
+            param.add_(grad, alpha=-self.lr)
 
 
 @TRAINERS.decorator("standard")
@@ -167,7 +211,12 @@ class StandardTrainer(LocalTrainer):
         started = time.perf_counter()
         x, y = to_tensors(data)
         generator = torch.Generator().manual_seed(settings.seed)
-        optimizer = sgd(model, settings)
+        optimizer = MomentumSGD(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=settings.learning_rate,
+            momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
+        )
         criterion = nn.CrossEntropyLoss()
         anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad]
         model.train()
@@ -176,7 +225,7 @@ class StandardTrainer(LocalTrainer):
             for batch in shuffled_batches(len(y), settings.batch_size, generator):
                 if settings.max_steps is not None and len(losses) >= settings.max_steps:
                     break
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 loss = criterion(model(x[batch]), y[batch])
                 if settings.proximal_mu > 0:
                     loss = loss + proximal_term(model, anchor, settings.proximal_mu)
