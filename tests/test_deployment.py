@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_iot.deploy.cli import node_configs, run_config_of
+from fl_iot.deploy.cli import export_data, plan_nodes, run_config_of
 from fl_iot.deploy.loopback import Deployment, RunOutcome, stage_app
 from tests.conftest import REPO_ROOT
 from tests.e2e import run_cli, run_dir_override
@@ -42,20 +42,22 @@ BUNDLED_DATA = {"FL_IOT_DATA_ROOT": ""}
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     root = tmp_path_factory.mktemp("deployment")
+    _, plans = plan_nodes(SCENARIO, 3)
+    server_data = export_data(SCENARIO, plans, root / "data")  # each node holds its own data
     started: list[int] = []
     with Deployment(root, extra_environment=BUNDLED_DATA) as running:
         running.start_superlink()
         started.append(running.superlink.pid)  # type: ignore[union-attr]
-        for device in range(3):
-            started.append(running.add_node({"device-id": device}).process.pid)
+        for plan in plans:
+            started.append(running.add_node(plan.node_config).process.pid)
         running.wait_for_nodes(3)
-        yield running, stage_app(REPO_ROOT, root / "app")
+        yield running, stage_app(REPO_ROOT, root / "app"), server_data
     left = {pid for sid in started for pid in session_members(sid)}
     assert not left, f"processes left running: {left}"
 
 
 def test_an_unregistered_supernode_is_refused(deployment):
-    running, _ = deployment
+    running, _, _ = deployment
     intruder = running.add_node({"device-id": 0}, register=False)
     try:
         code = intruder.process.wait(timeout=120)
@@ -67,9 +69,9 @@ def test_an_unregistered_supernode_is_refused(deployment):
 
 
 def test_a_run_completes_with_the_simulations_metrics(deployment, tmp_path):
-    running, app = deployment
+    running, app, server_data = deployment
     overrides = [*SCENARIO, "scenario.num_rounds=2"]
-    outcome = _run(running, app, overrides, tmp_path / "deployed")
+    outcome = _run(running, app, overrides, tmp_path / "deployed", server_data)
     simulated = run_cli(*overrides, run_dir_override(tmp_path / "simulated"), env=BUNDLED_DATA)
     assert simulated.returncode == 0, simulated.stderr[-3000:]
 
@@ -90,33 +92,41 @@ def test_a_run_completes_with_the_simulations_metrics(deployment, tmp_path):
     assert summary["status"] == "completed"
 
 
-def test_a_killed_supernode_is_counted_as_failed_under_its_device(deployment, tmp_path):
-    """Device 2's node dies after round 1: rounds 2 and 3 count it failed, the run completes."""
-    running, app = deployment
-    victim = next(node for node in running.nodes if node.node_config == {"device-id": 2})
+def test_a_killed_supernode_is_counted_as_failed_under_its_device_and_rejoins_as_it(
+    deployment, tmp_path
+):
+    """Device 2's node dies after round 1 and is restarted with its key after round 2.
+
+    Round 2 counts device 2 as failed (Flower's "Node Unavailable" reply comes from the
+    SuperLink's own node id, and is mapped back to the device), the run completes, and the
+    restarted node answers again as device 2.
+    """
+    running, app, server_data = deployment
+    victim = next(node for node in running.nodes if node.node_config["device-id"] == 2)
     results = tmp_path / "deployed"
     outcome: list[RunOutcome] = []
     runner = threading.Thread(
         target=lambda: outcome.append(
-            _run(running, app, [*SCENARIO, "scenario.num_rounds=3"], results)
+            _run(running, app, [*SCENARIO, "scenario.num_rounds=4"], results, server_data)
         )
     )
     runner.start()
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not _rounds(results) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    _wait_for_rounds(results, 1)
     running.kill_node(victim)
+    _wait_for_rounds(results, 2)
+    running.restart_node(victim)
     runner.join(timeout=RUN_TIMEOUT_S)
 
     assert outcome and outcome[0].completed, outcome[0].output[-3000:] if outcome else "no run"
     rounds = _rounds(results)
-    assert len(rounds) == 3
+    assert len(rounds) == 4
     assert rounds[0]["replied"] == 3
-    for later in rounds[1:]:
-        assert later["replied"] == 2
-        assert later["failed"] + later["missing"] == 1
-        assert later["devices"]["2"]["outcome"] in {"failed", "offline"}, later["devices"]["2"]
-        assert {later["devices"][d]["outcome"] for d in ("0", "1")} == {"on_time"}
+    assert rounds[1]["replied"] == 2
+    assert rounds[1]["failed"] + rounds[1]["missing"] == 1
+    assert rounds[1]["devices"]["2"]["outcome"] in {"failed", "offline"}, rounds[1]["devices"]
+    assert {rounds[1]["devices"][d]["outcome"] for d in ("0", "1")} == {"on_time"}
+    assert rounds[3]["replied"] == 3, rounds[3]["devices"]["2"]
+    assert rounds[3]["devices"]["2"]["outcome"] == "on_time"
 
 
 def test_fl_iot_deploy_stops_everything_it_started_on_sigterm(tmp_path):
@@ -167,12 +177,24 @@ def test_fl_iot_deploy_refuses_bad_input_before_starting_anything(tmp_path):
     assert not (tmp_path / "run" / "logs").exists()
 
 
-def test_node_configs_name_each_device_or_gateway():
-    _, devices = node_configs(["scenario=smart_home"], 4)
-    assert devices == [{"device-id": i} for i in range(4)]
-    overrides, gateways = node_configs(["gateways.devices_per_gateway=3"], 2)
-    assert gateways == [{"gateway-id": 0}, {"gateway-id": 1}]
+def test_each_node_is_planned_with_its_device_or_gateway_and_only_their_data(tmp_path):
+    _, devices = plan_nodes(["scenario=smart_home"], 4)
+    assert [plan.node_config for plan in devices] == [{"device-id": i} for i in range(4)]
+    overrides, gateways = plan_nodes(["gateways.devices_per_gateway=3"], 2)
+    assert [(p.node_config, p.devices) for p in gateways] == [
+        ({"gateway-id": 0}, (0, 1, 2)),
+        ({"gateway-id": 1}, (3, 4, 5)),
+    ]
     assert "scenario.num_devices=6" in overrides
+
+    server = export_data(overrides, gateways, tmp_path)
+    assert sorted(p.name for p in Path(str(gateways[1].node_config["data-path"])).iterdir()) == [
+        "device-3",
+        "device-4",
+        "device-5",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway-0", "gateway-1", "server"]
+    assert server == (tmp_path / "server").resolve()
 
 
 def test_run_config_keeps_group_choices_apart_from_other_overrides(tmp_path):
@@ -185,8 +207,17 @@ def test_run_config_keeps_group_choices_apart_from_other_overrides(tmp_path):
     }
 
 
-def _run(running: Deployment, app: Path, overrides: list[str], results: Path) -> RunOutcome:
-    return running.run(app, run_config_of(overrides, results), timeout_s=RUN_TIMEOUT_S)
+def _run(
+    running: Deployment, app: Path, overrides: list[str], results: Path, server_data: Path
+) -> RunOutcome:
+    run_config = {**run_config_of(overrides, results), "server-data": str(server_data)}
+    return running.run(app, run_config, timeout_s=RUN_TIMEOUT_S)
+
+
+def _wait_for_rounds(results: Path, count: int) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while len(_rounds(results)) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def _rounds(results: Path) -> list[dict]:

@@ -8,8 +8,10 @@ SuperLink certificate and one key pair per SuperNode; starts a SuperLink with TL
 authentication; registers every node's public key; starts the SuperNodes (each with its
 ``device-id``, or ``gateway-id`` behind gateways, and its own Runtime API port); runs the
 scenario with ``flwr run``; and stops everything it started, also on failure, Ctrl-C or SIGTERM.
-Results land in ``<out>/results`` (``summary.json``, ``metrics.jsonl``), Flower's logs in
-``<out>/logs``.
+Before anything starts, ``fl-iot-export`` writes each device's partition to ``<out>/data``: each
+node reads only its own (node-config ``data-path``), the ServerApp only the central test split
+(run-config ``server-data``). Results land in ``<out>/results`` (``summary.json``,
+``metrics.jsonl``), Flower's logs in ``<out>/logs``.
 
 Arguments after the options are the same Hydra overrides ``fl-iot`` takes. Without
 ``scenario.num_devices`` among them, the scenario gets one device per node (``--nodes``
@@ -28,10 +30,14 @@ import shlex
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from fl_iot.errors import EXIT_CODE_RUN_FAILED, EXIT_CODE_USER_ERROR, ConfigError, FlIotError
+from omegaconf import DictConfig
+
+from fl_iot.cli import user_errors_exit
+from fl_iot.errors import EXIT_CODE_RUN_FAILED, ConfigError
 from fl_iot.run_config import CONF_DIR, GROUP_KEYS, hydra_overrides
 
 DEFAULT_NODES = 3
@@ -57,8 +63,19 @@ def run_config_of(overrides: Sequence[str], output_dir: Path) -> dict[str, objec
     return run_config
 
 
-def node_configs(overrides: Sequence[str], nodes: int | None) -> tuple[list[str], list[dict]]:
-    """Compose the run's config to check it; the overrides to run and each node's node-config.
+@dataclass(frozen=True)
+class NodePlan:
+    """One SuperNode of the deployment: its node-config and the devices it serves."""
+
+    node_config: dict[str, object]
+    devices: tuple[int, ...]
+
+
+def plan_nodes(overrides: Sequence[str], nodes: int | None) -> tuple[list[str], list[NodePlan]]:
+    """Compose the run's config to check it; the overrides to run and each node's plan.
+
+    Without ``scenario.num_devices`` among ``overrides``, one is added: ``nodes`` devices (or
+    ``nodes`` x ``devices_per_gateway`` behind gateways).
 
     Raises
     ------
@@ -71,16 +88,17 @@ def node_configs(overrides: Sequence[str], nodes: int | None) -> tuple[list[str]
     from fl_iot.gateways import gateway_assignment, num_nodes
     from fl_iot.run_config import compose_config
 
+    def composed(overrides: Sequence[str]) -> DictConfig:
+        return compose_config(tuple(hydra_overrides(run_config_of(overrides, Path()))))
+
     overrides = list(overrides)
     try:
-        cfg = compose_config(tuple(hydra_overrides(run_config_of(overrides, Path()))))
-        if not any(
-            o.startswith(("scenario.num_devices=", "+scenario.num_devices=")) for o in overrides
-        ):
+        cfg = composed(overrides)
+        if not any(o.lstrip("+").startswith("scenario.num_devices=") for o in overrides):
             gateways = gateway_assignment(cfg)
             per_node = 1 if gateways is None else len(gateways[0])
             overrides.append(f"scenario.num_devices={(nodes or DEFAULT_NODES) * per_node}")
-            cfg = compose_config(tuple(hydra_overrides(run_config_of(overrides, Path()))))
+            cfg = composed(overrides)
         gateways = gateway_assignment(cfg)
     except CompactHydraException as error:
         raise ConfigError(str(error)) from None
@@ -91,24 +109,53 @@ def node_configs(overrides: Sequence[str], nodes: int | None) -> tuple[list[str]
             f"{cfg.scenario.num_devices} needs {needed} SuperNodes"
             + ("" if gateways is None else f" behind gateways of {len(gateways[0])} devices")
         )
-    key = "device-id" if gateways is None else "gateway-id"
-    return overrides, [{key: index} for index in range(needed)]
+    if gateways is None:
+        plans = [NodePlan({"device-id": d}, (d,)) for d in range(needed)]
+    else:
+        plans = [NodePlan({"gateway-id": g}, tuple(gateways[g])) for g in range(needed)]
+    return overrides, plans
+
+
+def export_data(overrides: Sequence[str], plans: Sequence[NodePlan], directory: Path) -> Path:
+    """Give each node only its devices' data; the server's share's directory.
+
+    ``fl-iot-export`` writes every device's partition once; each node's ``data-path`` then
+    holds its own device's export (a gateway's: a directory of its devices' exports), as on
+    real devices where each holds only its own data.
+    """
+    from fl_iot.data.export import SERVER_DIR, device_dir_name
+    from fl_iot.export_command import export_run
+
+    export_run(hydra_overrides(run_config_of(overrides, Path())), directory, None)
+    for plan in plans:
+        if "gateway-id" in plan.node_config:
+            gateway = directory / f"gateway-{plan.node_config['gateway-id']}"
+            gateway.mkdir()
+            for device in plan.devices:
+                (directory / device_dir_name(device)).rename(gateway / device_dir_name(device))
+            plan.node_config["data-path"] = str(gateway.resolve())
+        else:
+            plan.node_config["data-path"] = str(
+                (directory / device_dir_name(plan.devices[0])).resolve()
+            )
+    return (directory / SERVER_DIR).resolve()
 
 
 def deploy(overrides: Sequence[str], nodes: int | None, output_dir: Path, timeout_s: float) -> int:
     """Run a scenario on a loopback deployment; the process's exit code."""
     from fl_iot.deploy.loopback import Deployment, DeploymentError, stage_app
 
-    overrides, configs = node_configs(overrides, nodes)
+    overrides, plans = plan_nodes(overrides, nodes)
     output_dir.mkdir(parents=True, exist_ok=True)
     run_config = run_config_of(overrides, output_dir / "results")
-    print(f"fl-iot-deploy: {len(configs)} SuperNodes, results in {output_dir}", file=sys.stderr)
+    run_config["server-data"] = str(export_data(overrides, plans, output_dir / "data"))
+    print(f"fl-iot-deploy: {len(plans)} SuperNodes, results in {output_dir}", file=sys.stderr)
     with Deployment(output_dir) as deployment:
         try:
             deployment.start_superlink()
-            for config in configs:
-                deployment.add_node(config)
-            deployment.wait_for_nodes(len(configs))
+            for plan in plans:
+                deployment.add_node(plan.node_config)
+            deployment.wait_for_nodes(len(plans))
             app = stage_app(REPOSITORY, output_dir / "app")
             outcome = deployment.run(app, run_config, timeout_s, echo=sys.stderr.write)
         except DeploymentError as error:
@@ -179,10 +226,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGINT, _raise_interrupted)
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        code = deploy(args.overrides, args.nodes, output_dir, args.timeout_s)
-    except FlIotError as error:
-        print(f"fl-iot-deploy: error: {error}", file=sys.stderr)
-        code = EXIT_CODE_USER_ERROR
+        with user_errors_exit(parser.prog):
+            code = deploy(args.overrides, args.nodes, output_dir, args.timeout_s)
     except _Interrupted as interrupt:
         print(f"fl-iot-deploy: interrupted by {interrupt}; stopped", file=sys.stderr)
         code = 128 + interrupt.signum

@@ -184,7 +184,23 @@ class Deployment:
                 "supernode", "register", str(keys.public_key), CONNECTION, "--name",
                 f"supernode-{index}",
             )  # fmt: skip
-        config = dict(node_config)
+        node = self._start_node(index, keys, dict(node_config))
+        self.nodes.append(node)
+        return node
+
+    def restart_node(self, node: SuperNode) -> SuperNode:
+        """Start a stopped SuperNode again with its key and node config: the same node rejoins.
+
+        The SuperLink knows the node by its registered key, so it keeps its node id, and the
+        run's roster its device.
+        """
+        assert node.process.poll() is not None, f"supernode-{node.index} is still running"
+        restarted = self._start_node(node.index, node.keys, node.node_config)
+        self.nodes[self.nodes.index(node)] = restarted
+        return restarted
+
+    def _start_node(self, index: int, keys: NodeKeys, config: dict[str, object]) -> SuperNode:
+        assert self.certificates is not None
         command = [
             str(BIN / "flower-supernode"),
             "--superlink",
@@ -199,9 +215,7 @@ class Deployment:
         if self.authenticate_nodes:
             command += ["--auth-supernode-private-key", str(keys.private_key)]
         log = self.logs / f"supernode-{index}.log"
-        node = SuperNode(index, self._start(command, log), keys, config, log)
-        self.nodes.append(node)
-        return node
+        return SuperNode(index, self._start(command, log), keys, config, log)
 
     def wait_for_nodes(self, count: int, timeout_s: float = 120.0) -> None:
         """Wait until ``count`` SuperNodes are online; name the ones that exited meanwhile."""
