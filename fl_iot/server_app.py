@@ -18,6 +18,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 
+from fl_iot.roster import PollingGrid
 from fl_iot.run_config import SERVER_DATA_KEY, config_from_run_config
 from fl_iot.server import RunResult, run_server
 
@@ -27,12 +28,15 @@ def build_server_app(
     output_dir_source: Callable[[Context], Path],
     result: RunResult | None = None,
     show_progress: bool = False,
+    poll_interval_s: float | None = None,
 ) -> ServerApp:
     """Build the ServerApp.
 
     ``result`` (when given) receives the summary and final model. ``show_progress`` prints
     fl-iot's per-round progress to stderr, for processes where nobody configured logging (the
     ``flwr run`` ServerApp process, whose output Flower streams to ``flwr run --stream``).
+    With ``poll_interval_s``, replies are pulled that often instead of at the grid's own pace
+    (:class:`fl_iot.roster.PollingGrid`).
     """
     app = ServerApp()
 
@@ -41,7 +45,7 @@ def build_server_app(
         if show_progress:
             _log_progress_to_stderr()
         run_server(
-            grid,
+            grid if poll_interval_s is None else PollingGrid(grid, poll_interval_s),
             config_source(context),
             output_dir_source(context),
             result,
@@ -71,5 +75,8 @@ def _log_progress_to_stderr() -> None:
 
 
 app = build_server_app(
-    lambda context: config_from_run_config(context.run_config), _output_dir, show_progress=True
+    lambda context: config_from_run_config(context.run_config),
+    _output_dir,
+    show_progress=True,
+    poll_interval_s=0.1,
 )

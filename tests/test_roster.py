@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 import pytest
+from flwr.app import Message, RecordDict
 
 from fl_iot.client_app import build_client_app
-from fl_iot.roster import RosterError, take_roll_call
+from fl_iot.roster import PollingGrid, RosterError, take_roll_call
 from tests.e2e import resolved_config
-from tests.in_process_grid import InProcessGrid
+from tests.in_process_grid import InProcessGrid, OfflineGrid, set_task_identity
 
 
 def grid(num_nodes: int, silent: set[int] = frozenset(), **overrides: str) -> InProcessGrid:
@@ -52,3 +54,44 @@ def test_the_roll_call_timeout_is_its_own_setting_and_is_checked():
     assert resolved_config().engine.roll_call_timeout_s == 120
     with pytest.raises(ConfigError, match=r"engine\.roll_call_timeout_s"):
         resolved_config("engine.roll_call_timeout_s=0")
+
+
+class SlowRepliesGrid(OfflineGrid):
+    """Answers each message on the third pull; its own send_and_receive must not be used."""
+
+    def __init__(self) -> None:
+        self.pulls = 0
+        self.pushed: list[Message] = []
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [5]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        for message in messages:
+            self.push(message)
+            self.pushed.append(message)
+        return [m.metadata.message_id for m in self.pushed]
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self.pulls += 1
+        if self.pulls < 3:
+            return []
+        return [Message(RecordDict(), reply_to=m) for m in self.pushed]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        raise AssertionError("Flower's send_and_receive sleeps 3 s between pulls")
+
+
+def test_a_polling_grid_pulls_replies_at_its_own_pace():
+    set_task_identity()
+    slow = SlowRepliesGrid()
+    message = Message(RecordDict(), dst_node_id=5, message_type="train")
+    started = time.monotonic()
+
+    replies = list(PollingGrid(slow, interval=0.05).send_and_receive([message], timeout=10))
+
+    assert [r.metadata.reply_to_message_id for r in replies] == [message.metadata.message_id]
+    assert slow.pulls == 3
+    assert time.monotonic() - started < 1.0
