@@ -129,6 +129,32 @@ def test_a_killed_supernode_is_counted_as_failed_under_its_device_and_rejoins_as
     assert rounds[3]["devices"]["2"]["outcome"] == "on_time"
 
 
+def test_fl_iot_deploy_runs_a_scenario_behind_gateways(tmp_path):
+    """Two gateway SuperNodes serve 4 devices, each node holding only its devices' data."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fl_iot.deploy.cli", "--out", str(tmp_path), "--nodes", "2",
+         *SCENARIO[:3], "gateways.devices_per_gateway=2", "scenario.num_rounds=2",
+         "scenario.fraction_train=1.0"],
+        cwd=REPO_ROOT,
+        env={**os.environ, **BUNDLED_DATA},
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "completed; results in" in done.stdout
+    rounds = _rounds(tmp_path / "results")
+    assert [r["replied"] for r in rounds] == [4, 4]
+    assert sorted(p.name for p in (tmp_path / "data" / "gateway-1").iterdir()) == [
+        "device-2",
+        "device-3",
+    ]
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert summary["status"] == "completed"
+
+
 def test_fl_iot_deploy_stops_everything_it_started_on_sigterm(tmp_path):
     log = tmp_path / "deploy.log"
     with log.open("w") as output:
