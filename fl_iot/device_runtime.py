@@ -448,14 +448,13 @@ def train_on_device(
         P.WALL_TIME: report.wall_time_s,
         P.COMPUTE_TIME: report.wall_time_s / relative_speed,
     }
-    return RecordDict(
-        {
-            P.ARRAYS: ArrayRecord({k: torch.from_numpy(np.asarray(v)) for k, v in local.items()}),
-            P.METRICS: MetricRecord(metrics),
-            P.TRAINER: ConfigRecord({k: float(v) for k, v in report.metrics.items()}),
-            P.DEVICE: device_record(device),
-        }
-    )
+    records: dict[str, Any] = {
+        P.ARRAYS: ArrayRecord({k: torch.from_numpy(np.asarray(v)) for k, v in local.items()}),
+        P.METRICS: MetricRecord(metrics),
+    }
+    if report.metrics:  # an empty record still costs ~170 bytes on the wire
+        records[P.TRAINER] = ConfigRecord({k: float(v) for k, v in report.metrics.items()})
+    return RecordDict({**records, P.DEVICE: device_record(device)})
 
 
 def keep_partial_update(
@@ -495,7 +494,6 @@ def take_partial_update(state: RecordDict) -> RecordDict | None:
         {
             P.ARRAYS: arrays,
             P.METRICS: MetricRecord(values),
-            P.TRAINER: ConfigRecord(),
             P.UPDATE: ConfigRecord(
                 {P.BASE_ROUND: base_round, P.PARTIAL_STEPS: int(values[P.TRAIN_STEPS])}  # type: ignore[arg-type]
             ),
@@ -531,5 +529,5 @@ def evaluate_on_device(
 
 
 def device_record(device: Device) -> ConfigRecord:
-    """The identity a device attaches to each reply."""
-    return ConfigRecord({P.DEVICE_ID: device.device_id, P.DEVICE_CLASS: device.device_class})
+    """The identity a device attaches to each reply: its id (the server knows its class)."""
+    return ConfigRecord({P.DEVICE_ID: device.device_id})

@@ -102,7 +102,7 @@ class Records(RoundSink):
 
 
 def device_record(device_id: object) -> ConfigRecord:
-    return ConfigRecord({P.DEVICE_ID: device_id, P.DEVICE_CLASS: "wearable"})  # type: ignore[dict-item]
+    return ConfigRecord({P.DEVICE_ID: device_id})  # type: ignore[dict-item]
 
 
 def train_reply(message: Message, device_id: object, n: object = 10, loss: object = 0.5) -> Message:
