@@ -92,6 +92,22 @@ def test_a_run_completes_with_the_simulations_metrics(deployment, tmp_path):
     assert summary["status"] == "completed"
 
 
+def test_a_run_past_its_timeout_is_stopped_and_reported_not_completed(deployment, tmp_path):
+    running, app, server_data = deployment
+    run_config = {
+        **run_config_of([*SCENARIO, "scenario.num_rounds=50"], tmp_path / "deployed"),
+        "server-data": str(server_data),
+    }
+    outcome = running.run(app, run_config, timeout_s=15)
+
+    assert not outcome.completed
+    deadline = time.monotonic() + 60
+    while (status := running.run_status(outcome.run_id, timeout_s=0)) == "running":
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    assert status.startswith("finished") and status != "finished:completed", status
+
+
 def test_a_killed_supernode_is_counted_as_failed_under_its_device_and_rejoins_as_it(
     deployment, tmp_path
 ):

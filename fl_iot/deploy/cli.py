@@ -63,9 +63,12 @@ def run_config_of(overrides: Sequence[str], output_dir: Path) -> dict[str, objec
     return run_config
 
 
-@dataclass(frozen=True)
+@dataclass
 class NodePlan:
-    """One SuperNode of the deployment: its node-config and the devices it serves."""
+    """One SuperNode of the deployment: its node-config and the devices it serves.
+
+    :func:`export_data` adds the node's ``data-path`` to its node-config.
+    """
 
     node_config: dict[str, object]
     devices: tuple[int, ...]

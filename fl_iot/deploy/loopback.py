@@ -268,7 +268,13 @@ class Deployment:
             stderr=subprocess.STDOUT,
             text=True,
         ) as streaming:
-            timer = threading.Timer(timeout_s, streaming.kill)
+            timed_out = threading.Event()
+
+            def give_up() -> None:
+                timed_out.set()
+                streaming.kill()
+
+            timer = threading.Timer(timeout_s, give_up)
             timer.start()
             try:
                 assert streaming.stdout is not None
@@ -286,7 +292,7 @@ class Deployment:
         if found is None:
             raise DeploymentError(f"flwr run did not start a run:\n{output[-3000:]}")
         run_id = int(found.group(1))
-        status = self.run_status(run_id, timeout_s=0 if timer.finished.is_set() else 60)
+        status = self.run_status(run_id, timeout_s=0 if timed_out.is_set() else 60)
         if not status.startswith("finished"):  # timed out: stop it rather than leave it running
             with contextlib.suppress(DeploymentError):
                 self.cli("stop", str(run_id), CONNECTION)
