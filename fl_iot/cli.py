@@ -346,8 +346,12 @@ def _final_macro_f1(summary: dict[str, Any]) -> float | None:
     return float(value) if value is not None else None
 
 
-def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    """Stop the run as Ctrl-C does; a second signal ends the process at once."""
+def raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    """Stop the run as Ctrl-C does; a second signal ends the process at once.
+
+    The SIGINT and SIGTERM handler of fl-iot's commands: raises :class:`Interrupted` in the
+    main thread.
+    """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # The messages in flight fail as Ray stops, and Flower logs each with its traceback, which
@@ -400,8 +404,8 @@ def main() -> None:
     """Console-script entry point: the exit codes of :mod:`fl_iot.errors`."""
     register_configs()
     _sweep_failures.clear()
-    signal.signal(signal.SIGINT, _raise_interrupted)
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGINT, raise_interrupted)
+    signal.signal(signal.SIGTERM, raise_interrupted)
     if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the user asked for Hydra's raw tracebacks
         hydra_main()
     else:

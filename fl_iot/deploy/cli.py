@@ -32,12 +32,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 from omegaconf import DictConfig
 
-from fl_iot.cli import user_errors_exit
-from fl_iot.errors import EXIT_CODE_RUN_FAILED, ConfigError
+from fl_iot.cli import raise_interrupted, user_errors_exit
+from fl_iot.errors import EXIT_CODE_RUN_FAILED, ConfigError, Interrupted
 from fl_iot.run_config import CONF_DIR, GROUP_KEYS, hydra_overrides
 
 DEFAULT_NODES = 3
@@ -185,18 +184,6 @@ def _summary(results: Path) -> dict:
         return {}
 
 
-class _Interrupted(BaseException):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise _Interrupted(signum)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point ``fl-iot-deploy``."""
     parser = argparse.ArgumentParser(
@@ -226,14 +213,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--nodes must be at least 1, got {args.nodes}")
     now = datetime.datetime.now()
     output_dir = args.out or Path("outputs/deploy") / f"{now:%Y-%m-%d}" / f"{now:%H-%M-%S}"
-    signal.signal(signal.SIGINT, _raise_interrupted)
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGINT, raise_interrupted)
+    signal.signal(signal.SIGTERM, raise_interrupted)
     try:
         with user_errors_exit(parser.prog):
             code = deploy(args.overrides, args.nodes, output_dir, args.timeout_s)
-    except _Interrupted as interrupt:
-        print(f"fl-iot-deploy: interrupted by {interrupt}; stopped", file=sys.stderr)
-        code = 128 + interrupt.signum
+    except Interrupted as interrupt:
+        print(f"fl-iot-deploy: {interrupt}; stopped", file=sys.stderr)
+        code = interrupt.exit_code
     raise SystemExit(code)
 
 
