@@ -101,10 +101,7 @@ def test_a_run_past_its_timeout_is_stopped_and_reported_not_completed(deployment
     outcome = running.run(app, run_config, timeout_s=15)
 
     assert not outcome.completed
-    deadline = time.monotonic() + 60
-    while (status := running.run_status(outcome.run_id, timeout_s=0)) == "running":
-        assert time.monotonic() < deadline, status
-        time.sleep(1)
+    status = running.run_status(outcome.run_id, timeout_s=60)
     assert status.startswith("finished") and status != "finished:completed", status
 
 
@@ -193,7 +190,8 @@ def test_fl_iot_deploy_stops_everything_it_started_on_sigterm(tmp_path):
         code = command.wait(timeout=60)
         left = session_members(command.pid)
     finally:
-        os.killpg(command.pid, signal.SIGKILL) if command.poll() is None else None
+        if command.poll() is None:
+            os.killpg(command.pid, signal.SIGKILL)
     assert code == 128 + signal.SIGTERM, log.read_text()[-3000:]
     assert "interrupted by SIGTERM" in log.read_text()
     assert not left, f"processes left running: {left}"

@@ -14,13 +14,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from fl_iot.deploy.loopback import stage_app
+from fl_iot.deploy.loopback import finished_status, stage_app
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
@@ -105,7 +104,7 @@ def test_flwr_run_runs_the_chosen_scenario_through_run_config(
     assert started.returncode == 0, output[-3000:]
     run_id = re.search(r"Successfully started run (\d+)", output).group(1)  # type: ignore[union-attr]
 
-    status = _run_status(run_id, flower_env)
+    status = finished_status(int(run_id), "local", flower_env)
 
     assert status == "finished:completed", output[-3000:]
     summary = json.loads((output_dir / "summary.json").read_text())
@@ -117,22 +116,3 @@ def test_flwr_run_runs_the_chosen_scenario_through_run_config(
     assert summary["clients"]["replied"] == 2 * num_devices
     assert len((output_dir / "metrics.jsonl").read_text().splitlines()) == 2
     assert "[round 2/2] central acc" in output
-
-
-def _run_status(run_id: str, env: dict[str, str]) -> str:
-    deadline = time.monotonic() + 60
-    while True:
-        listed = subprocess.run(
-            [str(BIN / "flwr"), "ls", "local", "--run-id", run_id, "--format", "json"],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        runs = json.loads(listed.stdout).get("runs", [])
-        status = runs[0]["status"] if runs else "unknown"
-        if status.startswith("finished") or time.monotonic() > deadline:
-            return str(status)
-        time.sleep(1)

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -93,7 +93,6 @@ class Deployment:
     """One SuperLink with TLS and SuperNode authentication, and the SuperNodes it admits."""
 
     directory: Path
-    authenticate_nodes: bool = True
     port: int = 0  # 0: a free port
     extra_environment: Mapping[str, str] = field(default_factory=dict)
     certificates: ServerCertificates | None = field(default=None, init=False)
@@ -156,9 +155,8 @@ class Deployment:
             str(self.certificates.certificate),
             "--ssl-keyfile",
             str(self.certificates.private_key),
+            "--enable-supernode-auth",
         ]
-        if self.authenticate_nodes:
-            command.append("--enable-supernode-auth")
         self.superlink = self._start(command, self.logs / "superlink.log")
         self._write_cli_config()
         deadline = time.monotonic() + timeout_s
@@ -179,7 +177,7 @@ class Deployment:
         assert self.certificates is not None, "start_superlink() first"
         index = len(self.nodes)
         keys = create_node_keys(self.directory / "keys", f"supernode-{index}")
-        if register and self.authenticate_nodes:
+        if register:
             self.cli(
                 "supernode", "register", str(keys.public_key), CONNECTION, "--name",
                 f"supernode-{index}",
@@ -211,9 +209,9 @@ class Deployment:
             str(free_port()),
             "--node-config",
             " ".join(f"{key}={_toml_value(value)}" for key, value in config.items()),
+            "--auth-supernode-private-key",
+            str(keys.private_key),
         ]
-        if self.authenticate_nodes:
-            command += ["--auth-supernode-private-key", str(keys.private_key)]
         log = self.logs / f"supernode-{index}.log"
         return SuperNode(index, self._start(command, log), keys, config, log)
 
@@ -300,38 +298,15 @@ class Deployment:
 
     def run_status(self, run_id: int, timeout_s: float = 60.0) -> str:
         """Flower's status of run ``run_id``, once it is finished (or after ``timeout_s``)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            listed = json.loads(
-                self.cli("ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
-            )
-            runs = listed.get("runs", [])
-            status = str(runs[0]["status"]) if runs else "unknown"
-            if status.startswith("finished") or time.monotonic() > deadline:
-                return status
-            time.sleep(1.0)
+        return finished_status(run_id, CONNECTION, self.environment(), timeout_s)
 
     def cli(self, *arguments: str, timeout_s: float = 60.0) -> str:
         """Run ``flwr <arguments>`` against this deployment; its standard output."""
-        done = subprocess.run(
-            [str(BIN / "flwr"), *arguments],
-            env=self.environment(),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise DeploymentError(
-                f"flwr {' '.join(arguments)} failed ({done.returncode}):\n"
-                + (done.stdout + done.stderr)[-2000:]
-            )
-        return done.stdout
+        return flwr(arguments, self.environment(), timeout_s)
 
     def kill_node(self, node: SuperNode) -> None:
         """SIGKILL a SuperNode and every process it started (a device that dies)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(node.process.pid, signal.SIGKILL)
+        _signal_group(node.process, signal.SIGKILL)
         node.process.wait()
 
     def stop(self) -> None:
@@ -373,6 +348,49 @@ class Deployment:
             # Flower rejects a relative path here.
             f'root-certificates = "{self.certificates.ca_certificate.resolve()}"\n'
         )
+
+
+def flwr(arguments: Sequence[str], environment: Mapping[str, str], timeout_s: float = 60.0) -> str:
+    """Run ``flwr <arguments>`` in ``environment``; its standard output.
+
+    Raises
+    ------
+    DeploymentError
+        When the command exits non-zero (with the tail of its output).
+    """
+    done = subprocess.run(
+        [str(BIN / "flwr"), *arguments],
+        env=dict(environment),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise DeploymentError(
+            f"flwr {' '.join(arguments)} failed ({done.returncode}):\n"
+            + (done.stdout + done.stderr)[-2000:]
+        )
+    return done.stdout
+
+
+def finished_status(
+    run_id: int, connection: str, environment: Mapping[str, str], timeout_s: float = 60.0
+) -> str:
+    """Flower's status of run ``run_id`` (``flwr ls``), once it is finished or after ``timeout_s``.
+
+    ``flwr run --stream`` exits 0 also when the run failed: this is how to know.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        listed = json.loads(
+            flwr(["ls", connection, "--run-id", str(run_id), "--format", "json"], environment)
+        )
+        runs = listed.get("runs", [])
+        status = str(runs[0]["status"]) if runs else "unknown"
+        if status.startswith("finished") or time.monotonic() > deadline:
+            return status
+        time.sleep(1.0)
 
 
 def stage_app(repository: Path, target: Path) -> Path:
