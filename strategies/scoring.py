@@ -42,7 +42,9 @@ In a small round (fewer than ``min_replies_dispersion`` replies) a direction out
 copy of another update must also pull the model back (:func:`backward_pull`): there the shortest
 half holds at most five cosines, and a non-IID device with little left to learn sends a small
 update of its own direction that sits as many scales below the most similar devices as a sign
-flipper does; the two differ in how much of a typical update they would undo.
+flipper does; the two differ in how much of a typical update they would undo. Larger rounds make
+the same requirement only where ``backward_pull`` is set (off by default: why in
+:class:`~strategies.thresholds.AnomalyThresholds`).
 """
 
 from __future__ import annotations
@@ -130,9 +132,9 @@ def anomaly_scores(
     log_norm = np.log(np.maximum(stats.norms, np.finfo(np.float64).tiny))
     c, s = robust_center_scale(log_norm, floor=t.norm_scale_floor)
     signals["norm_z"] = (log_norm - c) / s
-    median_norm = float(np.median(stats.norms))
-    if median_norm > 0:  # most updates zero: no typical norm to compare with
-        signals["norm_ratio"] = stats.norms / median_norm
+    reference_norm = typical_norm(stats.norms, t.norm_reference_floor)
+    if reference_norm > 0:  # most updates zero: no typical norm to compare with
+        signals["norm_ratio"] = stats.norms / reference_norm
     signals["direction_z"] = cosine_z(stats.cosine, t)
     if stats.output_cosine is not None:
         signals["output_direction_z"] = cosine_z(stats.output_cosine, t)
@@ -142,14 +144,14 @@ def anomaly_scores(
         signals["duplicate_ratio"] = _relative_to_median(stats.nearest)
     signals["count_ratio"] = counts / np.median(counts)
 
-    small_round = n < t.min_replies_dispersion and t.small_round_backward_pull is not None
-    pull = backward_pull(stats.cosine, stats.norms) if small_round else np.full(n, np.nan)
-    if small_round and t.duplicate_ratio is not None and stats.nearest is not None:
+    pull_bound = t.small_round_backward_pull if n < t.min_replies_dispersion else t.backward_pull
+    pull = np.full(n, np.nan) if pull_bound is None else backward_pull(stats.cosine, stats.norms)
+    if pull_bound is not None and t.duplicate_ratio is not None and stats.nearest is not None:
         # Copies are colluders, whose harm is the reference they shift, not their own pull.
         pull[np.nan_to_num(stats.nearest, nan=np.inf) < t.duplicate_ratio] = np.nan
     parts = {
         "norm_z": np.maximum(signals["norm_z"], 0.0) / t.norm_threshold,
-        "direction_z": direction_part(signals["direction_z"], pull, t),
+        "direction_z": direction_part(signals["direction_z"], pull, t, pull_bound),
     }
     if t.max_norm_ratio is not None:
         parts["norm_ratio"] = signals["norm_ratio"] / t.max_norm_ratio
@@ -173,7 +175,8 @@ def anomaly_scores(
         rejected[keep] = True
     causes = [names[int(np.argmax(table[:, i]))] if rejected[i] else None for i in range(n)]
     reasons = [
-        None if c is None else _describe(c, signals[c][i], t, pull[i]) for i, c in enumerate(causes)
+        None if c is None else _describe(c, signals[c][i], t, pull[i], pull_bound)
+        for i, c in enumerate(causes)
     ]
     return AnomalyScores(score, signals, reasons, rejected, causes)
 
@@ -202,20 +205,37 @@ def backward_pull(cosine: np.ndarray, norms: np.ndarray) -> np.ndarray:
 
 
 def direction_part(
-    direction_z: np.ndarray, pull: np.ndarray, thresholds: AnomalyThresholds
+    direction_z: np.ndarray,
+    pull: np.ndarray,
+    thresholds: AnomalyThresholds,
+    pull_bound: float | None,
 ) -> np.ndarray:
     """The direction signal's share of the score (1: the rejection boundary).
 
-    The robust z-score over ``direction_threshold``; where ``pull`` is finite (a small round,
-    see ``small_round_backward_pull``), at most the backward pull over its bound, so that
-    rejection needs both. NaN ``pull`` leaves the z-score's share as it is.
+    The robust z-score over ``direction_threshold``; with a ``pull_bound`` (the round's
+    ``small_round_backward_pull`` or ``backward_pull``), where ``pull`` is finite, at most the
+    backward pull over that bound, so that rejection needs both. NaN ``pull`` leaves the
+    z-score's share as it is.
     """
-    t = thresholds
-    part = np.maximum(-np.asarray(direction_z, dtype=np.float64), 0.0) / t.direction_threshold
-    if t.small_round_backward_pull is None:
+    part = (
+        np.maximum(-np.asarray(direction_z, dtype=np.float64), 0.0) / thresholds.direction_threshold
+    )
+    if pull_bound is None:
         return part
-    bound = np.maximum(np.asarray(pull, dtype=np.float64), 0.0) / t.small_round_backward_pull
+    bound = np.maximum(np.asarray(pull, dtype=np.float64), 0.0) / pull_bound
     return np.where(np.isfinite(pull), np.fmin(part, bound), part)
+
+
+def typical_norm(norms: np.ndarray, floor: float | None) -> float:
+    """The round's median update norm; with ``floor``, of the norms at least ``floor`` × it.
+
+    See ``norm_reference_floor``; 0 when the median is 0.
+    """
+    norms = np.asarray(norms, dtype=np.float64)
+    median = float(np.median(norms))
+    if floor is None or not median > 0:
+        return median
+    return float(np.median(norms[norms >= floor * median]))
 
 
 def agreement_among(
@@ -263,15 +283,22 @@ def _relative_to_median(values: np.ndarray) -> np.ndarray:
         return np.where(values > 0, np.inf, np.where(values == 0, 0.0, np.nan))
 
 
-def _describe(signal: str, value: float, t: AnomalyThresholds, pull: float = math.nan) -> str:
+def _describe(
+    signal: str,
+    value: float,
+    t: AnomalyThresholds,
+    pull: float = math.nan,
+    pull_bound: float | None = None,
+) -> str:
     if signal == "norm_z":
         return f"update norm too large (robust z {value:.1f} > {t.norm_threshold:g})"
     if signal == "norm_ratio":
-        return f"update norm too large ({value:.1f}× the round median > {t.max_norm_ratio:g})"
+        median = "median" if t.norm_reference_floor is None else "median learning update"
+        return f"update norm too large ({value:.1f}× the round {median} > {t.max_norm_ratio:g})"
     if signal == "direction_z":
         pulled = (
-            f"; pulls the model back by {pull:.2f} median norms > {t.small_round_backward_pull:g}"
-            if math.isfinite(pull)
+            f"; pulls the model back by {pull:.2f} median norms > {pull_bound:g}"
+            if math.isfinite(pull) and pull_bound is not None
             else ""
         )
         return (

@@ -18,6 +18,15 @@ class AnomalyThresholds:
         the z-score: the median holds while attackers are fewer than half, whereas the densest
         half that centres the z-score can be captured by 40 % attackers sending equal norms
         (Gaussian noise). ``None`` disables the rule. Honest real updates rarely exceed 10×.
+    norm_reference_floor : float or None
+        Updates below this fraction of the round's median norm do not count in the median that
+        ``max_norm_ratio`` divides by. Once a model fits most of a non-IID fleet, those devices
+        send near-zero updates; when they are half the round the median falls to theirs and the
+        devices still learning sit 10-77× above it (C-MAPSS engine units from round 20, where
+        this rule removed 24 of 25 false refusals: ``docs/false_rejections.md``). Without the
+        near-zero updates the median stays a typical *learning* update's. The price: attackers
+        sending equal large norms capture it once they outnumber the honest devices that still
+        learn, not merely the honest ones. ``None``: the plain median.
     direction_threshold : float
         Robust z of the cosine below which an update points the wrong way.
     dispersion_ratio : float or None
@@ -67,8 +76,18 @@ class AnomalyThresholds:
         every scenario) is a colluder's copy and keeps the z-score decision: a lone IPM update
         (``-0.1·mean``) pulls back by 0.04 and is let in, but two copies of one vector among six
         replies shift the coordinate-wise median that every other device is judged by. Larger rounds
-        keep the z-score alone: a refusal is a smaller share of the round, and the copy and
-        centrality signals are on. ``None``: the z-score alone in every round.
+        have ``backward_pull``, set apart because there the copy and centrality signals are on.
+        ``None``: the z-score alone in small rounds.
+    backward_pull : float or None
+        The same requirement in rounds of at least ``min_replies_dispersion`` replies: a
+        direction outlier is refused only if it also pulls the model back by at least this many
+        median update norms. Where honest data is multimodal (C-MAPSS engine units, whose
+        near-failure shares differ), a whole cluster of honest devices, up to 10 of 25, sends
+        updates orthogonal to the majority's, 4-7 robust scales below it and pulling back by
+        less than 0.3; sign flippers mostly pull back by 0.3-1.0. Those that pull back by less,
+        like honest outliers, are then down-weighted by the weighting's agreement quality (or
+        clipped) instead of refused (figures: ``docs/false_rejections.md``; what it changed in
+        the robustness grid: ``docs/robustness.md``). ``None``: the z-score alone in these rounds.
     max_reject_fraction : float
         At most this fraction of the well-formed replies is rejected as anomalous (the highest
         scores): robust statistics assume an honest majority, and a model change that moves
@@ -77,6 +96,7 @@ class AnomalyThresholds:
 
     norm_threshold: float = 4.0
     max_norm_ratio: float | None = 10.0
+    norm_reference_floor: float | None = None
     direction_threshold: float = 4.0
     dispersion_ratio: float | None = 0.15
     duplicate_ratio: float | None = 0.1
@@ -87,6 +107,7 @@ class AnomalyThresholds:
     min_replies: int = 3
     min_replies_dispersion: int = 10
     small_round_backward_pull: float | None = 0.3
+    backward_pull: float | None = None
     max_reject_fraction: float = 0.5
 
     def __post_init__(self) -> None:
@@ -112,9 +133,13 @@ class AnomalyThresholds:
             raise ValueError(
                 f"min_replies_dispersion must be >= 3, got {self.min_replies_dispersion!r}"
             )
-        pull = self.small_round_backward_pull
-        if pull is not None and not pull > 0:
-            raise ValueError(f"small_round_backward_pull must be > 0 or None, got {pull!r}")
+        for name in ("small_round_backward_pull", "backward_pull"):
+            pull = getattr(self, name)
+            if pull is not None and not pull > 0:
+                raise ValueError(f"{name} must be > 0 or None, got {pull!r}")
+        floor = self.norm_reference_floor
+        if floor is not None and not 0 < floor < 1:
+            raise ValueError(f"norm_reference_floor must be in (0, 1) or None, got {floor!r}")
         if not 0 < self.max_reject_fraction < 1:
             raise ValueError(
                 f"max_reject_fraction must be in (0, 1), got {self.max_reject_fraction!r}"

@@ -428,6 +428,43 @@ def test_large_round_judges_direction_by_the_z_score_alone() -> None:
     assert all("direction" in str(r) and "pulls" not in str(r) for r in scores.reasons[15:])
 
 
+def test_backward_pull_keeps_an_orthogonal_honest_cluster_and_refuses_reversed_updates() -> None:
+    # Prepare: round 1 of industrial_maintenance (C-MAPSS, seed 0, no attack) in miniature: 25
+    # replies, 15 aligned (cosine ~0.74), 8 engine units orthogonal to them (cosine 0-0.15,
+    # pull < 0.15) and 2 reversed typical updates (a pull of ~0.7)
+    cosine = [0.70 + 0.005 * i for i in range(15)] + [0.02 * i for i in range(8)] + [-0.7, -0.65]
+    norms = [1.0 + 0.01 * i for i in range(15)] + [0.9 + 0.05 * i for i in range(8)] + [1.0, 1.1]
+    stats = _stats(norms, cosine, [1.0] * 25)
+    counts = np.full(25, 13.0)
+    # Execute
+    z_alone = anomaly_scores(stats, counts, AnomalyThresholds())
+    with_pull = anomaly_scores(stats, counts, AnomalyThresholds(backward_pull=0.3))
+    # Assert: by the z-score alone the 8 honest units go; with the pull only the reversed two,
+    # the pull named in their reasons, while the units' low direction z still shows
+    assert z_alone.rejected.sum() == 10
+    assert with_pull.rejected.tolist() == [False] * 23 + [True] * 2
+    assert all("pulls the model back by" in str(r) for r in with_pull.reasons[23:])
+    assert (with_pull.signals["direction_z"][15:23] < -4).all()
+
+
+def test_norm_reference_floor_takes_the_median_of_the_updates_still_learning() -> None:
+    # Prepare: a late round of industrial_maintenance in miniature: 13 of 25 devices fitted by
+    # the model send near-zero updates (1e-5 to 0.05), the 11 still learning send 1-18 (the
+    # plain median is 0.05, so all of them sit 20x or more above it), and one sends 4000
+    near_zero = np.geomspace(1e-5, 0.05, 13).tolist()
+    norms = near_zero + [1.0 + 1.7 * i for i in range(11)] + [4000.0]
+    stats = _stats(norms, [0.3] * 25, [1.0] * 25)
+    counts = np.full(25, 13.0)
+    # Execute
+    plain = anomaly_scores(stats, counts, AnomalyThresholds())
+    floored = anomaly_scores(stats, counts, AnomalyThresholds(norm_reference_floor=0.1))
+    # Assert: the plain median refuses the learners as too large; the floored one only the
+    # outsized update, and says which median it compared with
+    assert plain.rejected[13:].sum() >= 11
+    assert floored.rejected.tolist() == [False] * 24 + [True]
+    assert "the round median learning update" in str(floored.reasons[24])
+
+
 def test_history_anomaly_ramp() -> None:
     np.testing.assert_allclose(
         history_anomaly(np.array([0.0, 0.75, 0.875, 1.0, 3.0])), [0.0, 0.0, 0.5, 1.0, 1.0]
@@ -449,7 +486,15 @@ def test_history_anomaly_ramp() -> None:
         pytest.param(
             {"small_round_backward_pull": 0.0},
             "small_round_backward_pull must be > 0 or None",
-            id="backward-pull",
+            id="small-round-backward-pull",
+        ),
+        pytest.param(
+            {"backward_pull": -0.3}, "backward_pull must be > 0 or None", id="backward-pull"
+        ),
+        pytest.param(
+            {"norm_reference_floor": 1.0},
+            r"norm_reference_floor must be in \(0, 1\) or None",
+            id="norm-reference-floor",
         ),
     ],
 )
