@@ -52,7 +52,14 @@ ABSENT = "absent"
 defence that rejects every attacker, and nobody else, is left with."""
 
 
-def sizes(summaries: Sequence[Summary]) -> list[str]:
+GRID_RUNS = (
+    "with 4 runs at a time on 2 cores; imports, and Ray's start-up for the first run of each "
+    "multirun, come on top"
+)
+"""How the grid's own runs ran (``--how`` says it for runs made otherwise)."""
+
+
+def sizes(summaries: Sequence[Summary], how: str = GRID_RUNS) -> list[str]:
     """One line per scenario: the sizes its runs were composed with, and their wall time."""
     lines = []
     for scenario in sorted({KEYS["scenario"](s) for s in summaries}):
@@ -81,8 +88,7 @@ def sizes(summaries: Sequence[Summary]) -> list[str]:
             f"{per_round:g} devices train per round (fraction {sc['fraction_train']:g}), "
             f"central evaluation every round; {classes}. {len(runs)} runs, "
             f"{statistics.median(wall):.0f} s median per run inside the ServerApp, roll call "
-            f"included (with 4 runs at a time on 2 cores; imports, and Ray's start-up for the "
-            f"first run of each multirun, come on top)."
+            f"included ({how})."
         )
         for fraction in sorted({s["config"]["attack"]["fraction"] for s in runs}):
             f = round(fraction * per_round)  # Bulyan's f, as fl_iot.attackers_per_round sets it
@@ -412,10 +418,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=[],
         help="robustness_probe.py output files whose attacker fractions the grid did not run",
     )
+    parser.add_argument("--how", default=GRID_RUNS, help="how the runs ran, for the sizes section")
     args = parser.parse_args(argv)
     summaries = load_summaries(args.directories)
     print("\n## Sizes\n")
-    print("\n".join(sizes(summaries)))
+    print("\n".join(sizes(summaries, args.how)))
     print(
         "\nEvery cell is the final central accuracy (global model on the scenario's held-out "
         "split) after the last round, mean ± sample std over seeds (number of seeds). Partitions "

@@ -22,7 +22,10 @@ fedmedian fedtrimmedavg multikrum bulyan trusted --seeds 0 1 2 3 4 5 6 7 8 --goa
 
 ``--attacks absent`` is a control: the devices that an attack at that fraction would corrupt never
 reply to training, which is what a perfect rejection leaves. ``--keep-metrics DIR`` keeps every
-run's ``metrics.jsonl`` (per-device signals and weights), named by :func:`metrics_file_name`.
+run's ``metrics.jsonl`` (per-device signals and weights), named by :func:`metrics_file_name`;
+``--keep-summaries DIR`` keeps every run's ``summary.json`` laid out as the grid's runs, so that
+``GRID_DIR=DIR REPORT_ONLY=1 bash benchmarks/run_robustness_grid.sh`` writes the robustness
+report from probe runs alone (how: ``benchmarks/README.md``).
 
 Extra Hydra overrides follow ``--``, e.g. ``-- strategy.thresholds.direction_threshold=5``; they
 are part of a run's key, so variants of one strategy can share an output file.
@@ -88,11 +91,15 @@ def run_one(
     extra: list[str],
     keep_metrics: Path | None = None,
     save: Callable[[dict[str, Any]], None] | None = None,
+    keep_summaries: Path | None = None,
 ) -> dict[str, Any]:
     """One in-process run; the per-round central accuracy and detection, as a JSON-able dict.
 
     ``save``, if given, receives the result as soon as it exists, before ``metrics.jsonl`` is
-    copied to ``keep_metrics``: a run is never lost to a failure after it.
+    copied to ``keep_metrics``: a run is never lost to a failure after it. ``keep_summaries``
+    keeps the run's ``summary.json`` where the robustness grid keeps its own
+    (``<scenario>/clean`` or ``<scenario>/attacks``, one folder per run), so that
+    ``fl-iot-report`` and ``robustness_goals.py`` read probe runs as they read the grid's.
     """
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import DictConfig, OmegaConf
@@ -111,6 +118,10 @@ def run_one(
         f"scenario.num_rounds={rounds}",
         "scenario.fraction_evaluate=0.2",
         "tracking.sinks=[jsonl,summary]",
+        # The config-group choices, as a Hydra run records them: the report groups runs by them.
+        f"+choices.scenario={scenario}",
+        f"+choices.strategy={strategy}",
+        f"+choices.attack={attack}",
     ]
     if attack != "none":
         overrides.append(f"attack.fraction={fraction}")
@@ -146,6 +157,12 @@ def run_one(
             keep_metrics.mkdir(parents=True, exist_ok=True)
             name = metrics_file_name(scenario, strategy, attack, fraction, seed, extra)
             shutil.copy(Path(out) / "metrics.jsonl", keep_metrics / name)
+        if keep_summaries is not None:
+            column = "clean" if attack == "none" else "attacks"
+            name = metrics_file_name(scenario, strategy, attack, fraction, seed, extra)
+            kept = keep_summaries / scenario / column / name.removesuffix(".jsonl")
+            kept.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(out) / "summary.json", kept / "summary.json")
     return result
 
 
@@ -262,6 +279,11 @@ def main() -> None:
     parser.add_argument(
         "--keep-metrics", type=Path, help="copy each run's metrics.jsonl (per-device signals) here"
     )
+    parser.add_argument(
+        "--keep-summaries",
+        type=Path,
+        help="keep each run's summary.json here, laid out as the robustness grid's runs",
+    )
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # the server logs every round at INFO
 
@@ -291,6 +313,7 @@ def main() -> None:
                                 extra,
                                 args.keep_metrics,
                                 save=lambda r: append_result(args.out, r),
+                                keep_summaries=args.keep_summaries,
                             )
                             results.append(result)
                             done.add(key)

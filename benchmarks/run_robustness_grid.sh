@@ -11,7 +11,9 @@
 # engine.skip_completed=true makes a restart run only what is missing.
 # STRATEGIES, SCENARIOS, SEEDS, FRACTIONS and PARALLEL select a part of the grid; GRID_DIR puts
 # its runs elsewhere than multirun/robustness; SKIP_REPORT=1 skips the report; REPORT_ONLY=1
-# writes it from the runs there are. The last line says how long the runs took.
+# writes it from the runs there are, RUNS_HOW saying how they ran when it was not this script
+# (robustness_probe.py --keep-summaries lays out its in-process runs as the grid's, to the last
+# digit of the grid's results). The last line says how long the runs took.
 # PROBE_RUNS (default: multirun/fractions/*.jsonl and multirun/seeds/*.jsonl, if any) adds runs
 # of robustness_probe.py (in process) to the report: the attacker fractions the grid does not run
 # (10 % and 30 %),
@@ -86,7 +88,8 @@ fi
 # then every cell (accuracy, macro-F1, rejection recall and precision).
 {
     echo "# Robustness benchmark"
-    .venv/bin/python benchmarks/robustness_goals.py "$GRID_DIR" ${PROBE_RUNS:+--probe $PROBE_RUNS}
+    .venv/bin/python benchmarks/robustness_goals.py "$GRID_DIR" ${PROBE_RUNS:+--probe $PROBE_RUNS} \
+        ${RUNS_HOW:+--how "$RUNS_HOW"}
     echo
     echo "## Accuracy by attack, defense and attacker fraction"
     for scenario in $SCENARIOS; do

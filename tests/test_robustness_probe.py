@@ -117,3 +117,48 @@ def test_the_result_is_saved_before_the_metrics_are_copied(
         )
 
     assert [r["final"] for r in saved] == [0.6]
+
+
+def test_kept_summaries_are_read_by_the_report_as_the_grid_runs_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One real in-process round per strategy, on the bundled data.
+    import robustness_probe
+
+    from fl_iot.report import KEYS, load_summaries
+
+    kept = tmp_path / "grid"
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "robustness_probe.py",
+            "--strategies", "fedavg", "trusted",
+            "--attacks", "none", "sign_flip",
+            "--rounds", "1",
+            "--out", str(tmp_path / "probe.jsonl"),
+            "--keep-summaries", str(kept),
+        ],
+    )  # fmt: skip
+
+    robustness_probe.main()
+
+    summaries = load_summaries([kept])
+    cells = sorted(
+        (KEYS["scenario"](s), KEYS["strategy"](s), KEYS["attack"](s), KEYS["fraction"](s))
+        for s in summaries
+    )
+    assert cells == [
+        ("healthcare_wearables", "fedavg", "none", "0%"),
+        ("healthcare_wearables", "fedavg", "sign_flip", "20%"),
+        ("healthcare_wearables", "trusted", "none", "0%"),
+        ("healthcare_wearables", "trusted", "sign_flip", "20%"),
+    ]
+    columns = {Path(s["_path"]).relative_to(kept).parts[:2] for s in summaries}
+    assert columns == {("healthcare_wearables", "clean"), ("healthcare_wearables", "attacks")}
+    assert all(s["status"] == "completed" for s in summaries)
+    from robustness_goals import sizes
+
+    (line,) = sizes(summaries, how="in process")
+    assert line.startswith("- **healthcare_wearables**: 47 devices, 1 rounds")
+    assert "4 runs" in line and line.endswith("(in process).")
