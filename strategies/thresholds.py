@@ -86,8 +86,9 @@ class AnomalyThresholds:
         updates orthogonal to the majority's, 4-7 robust scales below it and pulling back by
         less than 0.3; sign flippers mostly pull back by 0.3-1.0. Those that pull back by less,
         like honest outliers, are then down-weighted by the weighting's agreement quality (or
-        clipped) instead of refused (figures: ``docs/false_rejections.md``; what it changed in
-        the robustness grid: ``docs/robustness.md``). ``None``: the z-score alone in these rounds.
+        clipped) instead of refused. Off by default because Gaussian noise of an honest update's
+        size pulls back by nothing either: the rule lets it in (figures for both:
+        ``docs/false_rejections.md``). ``None``: the z-score alone in these rounds.
     max_reject_fraction : float
         At most this fraction of the well-formed replies is rejected as anomalous (the highest
         scores): robust statistics assume an honest majority, and a model change that moves
