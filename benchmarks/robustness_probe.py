@@ -282,7 +282,8 @@ def main() -> None:
     parser.add_argument(
         "--keep-summaries",
         type=Path,
-        help="keep each run's summary.json here, laid out as the robustness grid's runs",
+        help="keep each run's summary.json here, laid out as the robustness grid's runs (runs "
+        "skipped as already in --out keep none: start with a new --out)",
     )
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # the server logs every round at INFO
