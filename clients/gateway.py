@@ -21,6 +21,16 @@ A reply has the same shape, plus ``gateway.errors`` (a ``ConfigRecord``: ``"<id>
 for that device alone and does not fail its gateway's reply. A message without an index
 addresses every device of the gateway (a roll call).
 
+An *aggregating* gateway (``gateway_mod(..., aggregation_of=...)``, see :class:`Aggregation`)
+answers a train message with one update instead of one per device: ``gateway.aggregate`` (an
+``ArrayRecord``) is the average of its trained devices' models weighted by their example counts
+(hierarchical FedAvg), and ``gateway.aggregate-metrics`` (a ``MetricRecord``) holds the total
+count (the aggregate's weight) and the number of devices in it. Each device's own content stays
+in the reply, its ``ArrayRecord`` removed, so the server still learns every device's metrics
+and failure. A device whose model is not the sent model's layout, or not finite, is left out of
+the average (a ``gateway.edge`` record says why), so that it cannot break or poison its
+gateway's update.
+
 Each device keeps its own ``context.state``: the gateway stores device ``d``'s entries in the
 node's state under ``"<d>/<key>"``, hands the device a state of its own keys only and puts back
 what the device left. Per-device state is therefore carried by the node like any state (pickled
@@ -29,15 +39,20 @@ to the simulation's actor and back with every message): keep it small.
 
 from __future__ import annotations
 
+import math
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 from flwr.app import (
+    Array,
     ArrayRecord,
     ConfigRecord,
     Context,
     Error,
     Message,
+    MessageType,
     Metadata,
     MetricRecord,
     RecordDict,
@@ -48,8 +63,12 @@ from flwr.common.constant import ErrorCode
 
 INDEX = "gateway.index"
 ERRORS = "gateway.errors"
+AGGREGATE = "gateway.aggregate"
+AGGREGATE_METRICS = "gateway.aggregate-metrics"
 DEVICES = "devices"
-_RESERVED = (INDEX, ERRORS)
+AGGREGATED_DEVICES = "devices"
+"""``gateway.aggregate-metrics`` key: how many devices the aggregate averages."""
+_RESERVED = (INDEX, ERRORS, AGGREGATE, AGGREGATE_METRICS)
 
 Record = ArrayRecord | ConfigRecord | MetricRecord
 DeviceReply = RecordDict | Error
@@ -97,6 +116,87 @@ def pack_replies(replies: Mapping[int, DeviceReply]) -> RecordDict:
             errors[f"{device}.reason"] = str(error.reason or "")
         packed[ERRORS] = errors
     return packed
+
+
+def average_updates(
+    contents: Sequence[RecordDict], weight_key: str = "num-examples"
+) -> tuple[ArrayRecord, float] | None:
+    """The example-weighted average of the models in ``contents``, and the total weight.
+
+    Each content's single ``ArrayRecord`` is weighted by its ``MetricRecord``'s ``weight_key``;
+    contents without exactly one ``ArrayRecord``, or without a positive finite weight, are left
+    out. Floating arrays are averaged in float64 and cast back; integer arrays (BatchNorm's
+    ``num_batches_tracked``) get the weighted average rounded to the nearest integer, the value
+    a server's FedAvg over the same devices rounds to. ``None`` when nothing is left to average.
+    """
+    weighted = [m for m in (_model_and_weight(c, weight_key) for c in contents) if m]
+    if not weighted:
+        return None
+    total = sum(w for _, w in weighted)
+    first = weighted[0][0]
+    averaged = ArrayRecord()
+    for key in first:
+        reference = first[key].numpy()
+        acc = np.zeros(reference.shape, dtype=np.float64)
+        for arrays, weight in weighted:
+            acc += (weight / total) * arrays[key].numpy().astype(np.float64)
+        if np.issubdtype(reference.dtype, np.integer):
+            acc = np.rint(acc)
+        averaged[key] = Array(np.asarray(acc, dtype=reference.dtype))
+    return averaged, total
+
+
+def _model_and_weight(content: RecordDict, weight_key: str) -> tuple[ArrayRecord, float] | None:
+    """A device reply's single model and positive finite weight; ``None`` when it lacks one."""
+    arrays = [r for r in content.values() if isinstance(r, ArrayRecord)]
+    weights = [
+        r[weight_key] for r in content.values() if isinstance(r, MetricRecord) and weight_key in r
+    ]
+    if len(arrays) != 1 or len(weights) != 1:
+        return None
+    weight = weights[0]
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        return None
+    if not (math.isfinite(weight) and weight > 0):
+        return None
+    return arrays[0], float(weight)
+
+
+def _malformed(model: ArrayRecord, sent: ArrayRecord) -> str | None:
+    """Why ``model`` cannot be averaged with models trained from ``sent``; ``None`` if it can."""
+    if list(model) != list(sent):
+        return "its arrays are not the model's"
+    for key in sent:
+        got, expected = model[key], sent[key]
+        if got.dtype != expected.dtype or list(got.shape) != list(expected.shape):
+            layout, wanted = (
+                f"{got.dtype}{list(got.shape)}",
+                f"{expected.dtype}{list(expected.shape)}",
+            )
+            return f"array {key!r} is {layout}, not {wanted}"
+        values = got.numpy()
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            return f"array {key!r} has non-finite values"
+    return None
+
+
+def aggregated(content: RecordDict) -> tuple[ArrayRecord, MetricRecord] | None:
+    """An aggregating gateway's update and its metrics, or ``None`` when the reply has none.
+
+    Raises
+    ------
+    GatewayFormatError
+        When only one of the two records is there, or either has the wrong type.
+    """
+    arrays, metrics = content.get(AGGREGATE), content.get(AGGREGATE_METRICS)
+    if arrays is None and metrics is None:
+        return None
+    if not isinstance(arrays, ArrayRecord) or not isinstance(metrics, MetricRecord):
+        raise GatewayFormatError(
+            f"an aggregate needs an ArrayRecord {AGGREGATE!r} and a MetricRecord "
+            f"{AGGREGATE_METRICS!r}"
+        )
+    return arrays, metrics
 
 
 def is_packed(content: RecordDict) -> bool:
@@ -150,9 +250,31 @@ def unpack(content: RecordDict) -> dict[int, DeviceReply]:
     return out
 
 
+EdgeFilter = Callable[[ArrayRecord, Sequence[ArrayRecord], Sequence[float]], Sequence[str | None]]
+"""``(model sent, trained models, weights) -> refusal reason or None per device``."""
+EDGE = "gateway.edge"
+"""The ``ConfigRecord`` of a device refused at the edge (``reason``)."""
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """How an aggregating gateway combines its devices' train replies.
+
+    ``weight_key`` is the ``MetricRecord`` key of a device's example count, the weight of the
+    average. ``edge_filter(model, updates, weights)``, if set, gets the model the devices trained
+    from, their trained models and weights, and returns a refusal reason (or ``None``) per
+    device; refused devices stay out of the average and their content gets a ``gateway.edge``
+    ``ConfigRecord`` with the reason.
+    """
+
+    weight_key: str = "num-examples"
+    edge_filter: EdgeFilter | None = None
+
+
 def gateway_mod(
     devices_of: Callable[[Context], Sequence[int] | None],
     device_key: str = "device-id",
+    aggregation_of: Callable[[Context], Aggregation | None] = lambda context: None,
 ) -> Mod:
     """A client mod that makes a node a gateway serving the devices ``devices_of`` names.
 
@@ -168,6 +290,10 @@ def gateway_mod(
         The ids of the devices the node serves, or ``None`` for a node that is one device.
     device_key : str
         The ``node_config`` key under which a device's handler finds its id.
+    aggregation_of : callable
+        The node's :class:`Aggregation` for a run, or ``None`` (the default) for a relaying
+        gateway; an aggregating one answers a train message with its devices' average (see the
+        module docstring).
     """
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -189,9 +315,69 @@ def gateway_mod(
             if not isinstance(content, RecordDict):
                 raise GatewayFormatError(f"the message for device {device} is an error")
             replies[device] = _serve(msg, content, context, device, device_key, call_next)
+        aggregation = aggregation_of(context)
+        if aggregation is not None and msg.metadata.message_type == MessageType.TRAIN:
+            return Message(_aggregate(addressed, replies, aggregation), reply_to=msg)
         return Message(pack_replies(replies), reply_to=msg)
 
     return mod
+
+
+def _aggregate(
+    addressed: Mapping[int, DeviceReply],
+    replies: Mapping[int, DeviceReply],
+    aggregation: Aggregation,
+) -> RecordDict:
+    """An aggregating gateway's reply: the average, and each device's content without its model."""
+    weight_key, edge_filter = aggregation.weight_key, aggregation.edge_filter
+    trained = {d: r for d, r in replies.items() if isinstance(r, RecordDict)}
+    sent = next(
+        (
+            record
+            for content in addressed.values()
+            if isinstance(content, RecordDict)
+            for record in content.values()
+            if isinstance(record, ArrayRecord)
+        ),
+        None,
+    )
+    # A model that is not the sent model's layout, or not finite, would break or poison the
+    # average of every device of the gateway: it is refused here, alone.
+    refused: dict[int, str] = {}
+    judged: dict[int, tuple[ArrayRecord, float]] = {}
+    for device, content in trained.items():
+        found = _model_and_weight(content, weight_key)
+        if found is None:
+            continue
+        problem = None if sent is None else _malformed(found[0], sent)
+        if problem is None:
+            judged[device] = found
+        else:
+            refused[device] = f"malformed update: {problem}"
+    if edge_filter is not None and sent is not None and judged:
+        reasons = edge_filter(
+            sent, [m for m, _ in judged.values()], [w for _, w in judged.values()]
+        )
+        refused |= {d: r for d, r in zip(judged, reasons, strict=True) if r is not None}
+    included = [trained[d] for d in judged if d not in refused]
+    average = average_updates(included, weight_key)
+    out: dict[int, DeviceReply] = {}
+    for device, reply in replies.items():
+        if not isinstance(reply, RecordDict):
+            out[device] = reply
+            continue
+        kept = RecordDict({k: r for k, r in reply.items() if not isinstance(r, ArrayRecord)})
+        if device in refused:
+            kept[EDGE] = ConfigRecord({"reason": refused[device]})
+        out[device] = kept
+    packed = pack_replies(out)
+    if average is not None:
+        arrays, total = average
+        packed[AGGREGATE] = arrays
+        packed[AGGREGATE_METRICS] = MetricRecord(
+            {weight_key: total, AGGREGATED_DEVICES: len(included)}
+        )
+    return packed
 
 
 def _serve(
