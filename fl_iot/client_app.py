@@ -31,6 +31,7 @@ from fl_iot.device_runtime import (
     train_on_device,
 )
 from fl_iot.device_state import DeviceStateStore, persisted_state_mod, server_round_of
+from fl_iot.gateways import gateway_aggregation
 from fl_iot.protocol import DECLINED_ERROR_CODE, OFFLINE_ERROR_CODE
 from fl_iot.roster import roll_call_reply
 from fl_iot.run_config import config_from_run_config
@@ -46,7 +47,8 @@ def build_client_app(config_source: ConfigSource, state_dir: Path | None = None)
 
     Four mods wrap the handlers, per device. Outermost, on a gateway node (``gateways`` in
     the config), :func:`clients.gateway.gateway_mod` runs the rest once for each device a
-    message addresses, with the device's own identity and state. Next, with ``state_dir`` (the
+    message addresses, with the device's own identity and state (and, with
+    ``gateways.mode=aggregate``, answers with their average). Next, with ``state_dir`` (the
     simulation gives its run's ``checkpoint/devices``), each device keeps its ``context.state``
     there after every training round and reads it back before the next
     (:func:`fl_iot.device_state.persisted_state_mod`), so that a resumed run continues every
@@ -67,7 +69,11 @@ def build_client_app(config_source: ConfigSource, state_dir: Path | None = None)
     if state_dir is not None:
         mods.insert(0, persisted_state_mod(DeviceStateStore(state_dir), device_id_of))
     mods.insert(
-        0, gateway_mod(lambda context: devices_served(context, _run_of(config_source, context)))
+        0,
+        gateway_mod(
+            lambda context: devices_served(context, _run_of(config_source, context)),
+            aggregation_of=lambda context: gateway_aggregation(config_source(context)),
+        ),
     )
     app = ClientApp(mods=mods)
 

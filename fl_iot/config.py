@@ -24,7 +24,7 @@ from fl_iot.data.partition import PARTITION_SCHEMES
 from fl_iot.errors import ConfigError
 from fl_iot.fleet.conditions import FleetConfig
 from fl_iot.fleet.trace import read_trace
-from fl_iot.gateways import GatewaysConfig, gateway_assignment
+from fl_iot.gateways import GatewaysConfig, gateway_assignment, gateway_mode
 from fl_iot.rounds import LateUpdates, PartialUpdates, RoundMode, RoundsConfig
 from fl_iot.tracking import SINK_FACTORIES
 from strategies import AnomalyThresholds
@@ -300,6 +300,7 @@ def validate_config(cfg: DictConfig | Config) -> None:
         compression_by_class(cfg)  # refuses an unknown codec, class or parameter
         downlink_compression(cfg)
         gateway_assignment(cfg)
+        gateway_mode(cfg)
     for name in cfg.tracking.sinks:
         _require(
             name in SINK_FACTORIES,

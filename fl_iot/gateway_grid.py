@@ -9,6 +9,12 @@ messages a push addresses to the devices of one gateway travel as one message
 unpacked into one reply per device. A device whose handling failed inside its gateway gets its own
 error reply; a gateway that failed as a whole (a dead node, a malformed reply) gives each of its
 asked devices an error reply, so none of them is silently missing.
+
+An aggregating gateway's reply (:func:`clients.gateway.aggregated`) unpacks the same way, each
+device's reply holding its own metrics; the gateway's one update and its total weight are added
+to the replies of the devices it averages, as the same records (no copy), where
+:class:`fl_iot.gateway_aggregation.GatewayAggregation` finds them. A device's bytes are measured
+before: they are its own metrics, and the gateway's update is in no device's bytes.
 """
 
 from __future__ import annotations
@@ -17,10 +23,18 @@ import logging
 from collections.abc import Iterable, Mapping
 from uuid import uuid4
 
-from flwr.app import Error, Message, RecordDict
+from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from clients.gateway import GatewayFormatError, pack_contents, unpack
+from clients.gateway import (
+    AGGREGATE,
+    AGGREGATE_METRICS,
+    EDGE,
+    GatewayFormatError,
+    aggregated,
+    pack_contents,
+    unpack,
+)
 from fl_iot.message_size import reply_bytes
 from fl_iot.protocol import GATEWAY_ERROR_CODE
 from fl_iot.roster import DelegatingGrid, Roster, poll_replies
@@ -118,10 +132,14 @@ class GatewayGrid(DelegatingGrid):
                         reply.metadata.src_node_id,
                     )
                     continue
+                update = _aggregate_of(reply)
                 for device_reply in _unpacked(reply, members):
                     # Measured now, while later gateways are still training: the round loop
                     # reads the same figures after the last reply is in.
                     reply_bytes(device_reply)
+                    if update is not None and _averaged(device_reply):
+                        device_reply.content[AGGREGATE] = update[0]
+                        device_reply.content[AGGREGATE_METRICS] = update[1]
                     self._ready[device_reply.metadata.reply_to_message_id] = device_reply
         return [self._ready.pop(i) for i in wanted if i in self._ready]
 
@@ -146,6 +164,24 @@ class GatewayGrid(DelegatingGrid):
         for message_id in done:
             self._ready.pop(message_id, None)
         return replies
+
+
+def _aggregate_of(reply: Message) -> tuple[ArrayRecord, MetricRecord] | None:
+    """An aggregating gateway's update and metrics; ``None`` for a relay or malformed reply."""
+    if reply.has_error():
+        return None
+    try:
+        return aggregated(reply.content)
+    except GatewayFormatError as error:
+        log.warning(
+            "ignoring the aggregate of gateway node %s: %s", reply.metadata.src_node_id, error
+        )
+        return None
+
+
+def _averaged(device_reply: Message) -> bool:
+    """Whether a device's part of an aggregating gateway's reply is in its average."""
+    return device_reply.has_content() and EDGE not in device_reply.content
 
 
 def _unpacked(reply: Message, members: list[Message]) -> list[Message]:

@@ -53,6 +53,7 @@ from clients.compression import (
     encode_model,
     is_compressed,
 )
+from clients.gateway import EDGE
 from clients.privacy.reporting import privacy_summary
 from fl_iot import protocol as P
 from fl_iot.federation import Federation
@@ -274,7 +275,23 @@ class RoundLoop:
             for a in answers
             if not a.reply.has_error() and (device := self.roster.device_of(a.node_id)) is not None
         }
-        record.detection = detection_scores(record.strategy, participants, self.federation)
+        # Refused by their gateway (gateways.edge_rejection): judged there, not by the strategy.
+        at_edge = {
+            device
+            for a in answers
+            if a.reply.has_content()
+            and EDGE in a.reply.content
+            and (device := self.roster.device_of(a.node_id)) is not None
+        }
+        per_participant = getattr(self.strategy, "detection_scores", None)
+        record.detection = (
+            per_participant(record.strategy, participants - at_edge, self.federation.attackers)
+            if callable(per_participant)  # participants that are not devices (gateways)
+            else detection_scores(record.strategy, participants, self.federation)
+        )
+        if at_edge:
+            record.detection["edge_rejected"] = float(len(at_edge))
+            record.detection["edge_caught"] = float(len(at_edge & self.federation.attackers))
         record.privacy.update(central_privacy_spent(self.strategy))
         if new_arrays is None:
             return arrays
@@ -393,8 +410,11 @@ class RoundLoop:
             entry["message_bytes_up"] = float(measured.header + uploaded.get(answer.node_id, 0))
             if reply.has_content():
                 entry["payload_bytes_up"] = float(measured.of(payload))
-                # What the update would have weighed uncompressed: a whole model.
-                entry["uncompressed_payload_bytes_up"] = float(model_bytes)
+                # What the update would have weighed uncompressed: a whole model (none for a
+                # device whose gateway ships one average for it).
+                entry["uncompressed_payload_bytes_up"] = (
+                    float(model_bytes) if entry["payload_bytes_up"] > 0 else 0.0
+                )
         record.communication = communication_totals(record.devices.values())
 
     def _record_evaluation_traffic(
@@ -612,6 +632,9 @@ class RoundLoop:
                 continue  # its claims are not recorded; the strategy sees the reply and judges
             entry.update(_numbers(answer.reply, P.METRICS))
             entry.update(_numbers(answer.reply, P.TRAINER))
+            edge = answer.reply.content.get(EDGE)
+            if isinstance(edge, ConfigRecord):
+                entry["edge_rejected"] = str(edge.get("reason", ""))
             entries.append(entry)
             n, loss = entry.get(P.NUM_EXAMPLES), entry.get(P.TRAIN_LOSS)
             if n is not None and loss is not None and n > 0:

@@ -31,7 +31,9 @@ from fl_iot.config import devices_per_round, to_container
 from fl_iot.device_runtime import RunContext, fresh_model, run_context
 from fl_iot.errors import ConfigError
 from fl_iot.fleet import build_fleet
+from fl_iot.gateway_aggregation import GatewayAggregation
 from fl_iot.gateway_grid import GatewayGrid, gateway_roster
+from fl_iot.gateways import GatewayMode, gateway_assignment, gateway_mode
 from fl_iot.metrics import evaluate_model, scores
 from fl_iot.models import count_parameters
 from fl_iot.records import RoundRecord, RunStatus, RunSummary
@@ -157,6 +159,26 @@ def connect_devices(grid: Grid, run: RunContext, timeout_s: float) -> tuple[Grid
     return GatewayGrid(grid, mapping), gateway_roster(mapping)
 
 
+def participants_of(strategy: Strategy, cfg: DictConfig) -> Strategy:
+    """The strategy the rounds drive: ``strategy`` itself, or per gateway in aggregate mode.
+
+    With ``gateways.mode=aggregate`` the gateways are the strategy's participants
+    (:class:`~fl_iot.gateway_aggregation.GatewayAggregation`); the checkpoint keeps ``strategy``
+    itself, whose state is all there is.
+    """
+    if gateway_mode(cfg) is not GatewayMode.AGGREGATE:
+        return strategy
+    assignment = gateway_assignment(cfg)
+    assert assignment is not None  # gateway_mode refuses aggregate without gateways
+    # Gateway g is the config's: the g-th of gateways.assignment or of devices_per_gateway.
+    return GatewayAggregation(
+        strategy,
+        dict(enumerate(assignment)),
+        device_fraction=float(OmegaConf.select(cfg, "gateways.device_fraction", default=1.0)),
+        seed=int(cfg.seed),
+    )
+
+
 def initial_arrays(run: RunContext) -> ArrayRecord:
     """The seeded initial global model."""
     torch.manual_seed(run.cfg.seed)
@@ -247,7 +269,8 @@ def run_server(
     initial: dict[str, float] = {}
     try:
         grid, roster = connect_devices(grid, run, cfg.engine.roll_call_timeout_s)
-        give_roster(strategy, roster)
+        rounds_strategy = participants_of(strategy, cfg)
+        give_roster(rounds_strategy, roster)
         scheduler = build_scheduler(run, roster)
         if checkpoint is not None:
             scheduler.restore(checkpoint.scheduler)
@@ -275,7 +298,7 @@ def run_server(
         setup_s = time.perf_counter() - started
         loop = RoundLoop(
             grid=grid,
-            strategy=strategy,
+            strategy=rounds_strategy,
             roster=roster,
             federation=run.federation,
             num_rounds=cfg.scenario.num_rounds,

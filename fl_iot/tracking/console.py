@@ -27,7 +27,13 @@ class ConsoleSink(Sink):
             info.dataset["name"],
             " (synthetic)" if info.dataset["synthetic"] else "",
             info.model_parameters,
-            info.config["strategy"].get("_target_", "?").rsplit(".", 1)[-1],
+            info.config["strategy"].get("_target_", "?").rsplit(".", 1)[-1]
+            + (
+                " over gateways (gateways.mode=aggregate: sampling, rejection and reliability "
+                "per gateway)"
+                if (info.config.get("gateways") or {}).get("mode") == "aggregate"
+                else ""
+            ),
         )
         log.info("writing results to %s", info.output_dir)
 
