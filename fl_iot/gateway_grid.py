@@ -13,8 +13,9 @@ asked devices an error reply, so none of them is silently missing.
 An aggregating gateway's reply (:func:`clients.gateway.aggregated`) unpacks the same way, each
 device's reply holding its own metrics; the gateway's one update and its total weight are added
 to the replies of the devices it averages, as the same records (no copy), where
-:class:`fl_iot.gateway_aggregation.GatewayAggregation` finds them. A device's bytes are measured
-before: they are its own metrics, and the gateway's update is in no device's bytes.
+:class:`fl_iot.gateway_aggregation.GatewayAggregation` finds them. Each of those devices is
+charged an equal share of the average's bytes as its update, on top of its own metrics, so that
+the devices' bytes add up to what the gateway sent.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from clients.gateway import (
     pack_contents,
     unpack,
 )
-from fl_iot.message_size import reply_bytes
-from fl_iot.protocol import GATEWAY_ERROR_CODE
+from fl_iot.message_size import charge_share, payload_bytes, reply_bytes
+from fl_iot.protocol import ARRAYS, GATEWAY_ERROR_CODE
 from fl_iot.roster import DelegatingGrid, Roster, poll_replies
 
 log = logging.getLogger(__name__)
@@ -133,14 +134,22 @@ class GatewayGrid(DelegatingGrid):
                     )
                     continue
                 update = _aggregate_of(reply)
-                for device_reply in _unpacked(reply, members):
+                device_replies = _unpacked(reply, members)
+                averaged = [r for r in device_replies if update is not None and _averaged(r)]
+                for device_reply in device_replies:
                     # Measured now, while later gateways are still training: the round loop
                     # reads the same figures after the last reply is in.
                     reply_bytes(device_reply)
-                    if update is not None and _averaged(device_reply):
+                    self._ready[device_reply.metadata.reply_to_message_id] = device_reply
+                if update is not None and averaged:
+                    # Each device in the average pays an equal share of it, as its update.
+                    shipped = RecordDict({AGGREGATE: update[0], AGGREGATE_METRICS: update[1]})
+                    total = payload_bytes(shipped, [AGGREGATE, AGGREGATE_METRICS])
+                    share = round(total / len(averaged))
+                    for device_reply in averaged:
+                        charge_share(device_reply, ARRAYS, share)
                         device_reply.content[AGGREGATE] = update[0]
                         device_reply.content[AGGREGATE_METRICS] = update[1]
-                    self._ready[device_reply.metadata.reply_to_message_id] = device_reply
         return [self._ready.pop(i) for i in wanted if i in self._ready]
 
     def send_and_receive(

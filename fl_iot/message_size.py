@@ -79,6 +79,19 @@ _MEASURED: weakref.WeakKeyDictionary[Message, tuple[RecordDict | None, ReplyByte
 )
 
 
+def charge_share(reply: Message, name: str, share: int) -> None:
+    """Add ``share`` bytes under record ``name`` to ``reply``'s measured bytes.
+
+    For a device whose gateway ships one average for several devices: each pays an equal share
+    of it (rounded to the byte), so the devices' bytes add up to what the gateway sent. Measures
+    the reply first if nobody has.
+    """
+    measured = reply_bytes(reply)
+    records = {**measured.records, name: measured.records.get(name, 0) + share}
+    charged = ReplyBytes(measured.content + share, measured.header, records)
+    _MEASURED[reply] = (reply.content if reply.has_content() else None, charged)
+
+
 def reply_bytes(reply: Message) -> ReplyBytes:
     """The bytes of a reply (:func:`wire_bytes`, :func:`header_bytes`, :func:`payload_bytes`).
 

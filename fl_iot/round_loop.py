@@ -53,7 +53,7 @@ from clients.compression import (
     encode_model,
     is_compressed,
 )
-from clients.gateway import EDGE
+from clients.gateway import AGGREGATE, EDGE
 from clients.privacy.reporting import privacy_summary
 from fl_iot import protocol as P
 from fl_iot.federation import Federation
@@ -410,10 +410,10 @@ class RoundLoop:
             entry["message_bytes_up"] = float(measured.header + uploaded.get(answer.node_id, 0))
             if reply.has_content():
                 entry["payload_bytes_up"] = float(measured.of(payload))
-                # What the update would have weighed uncompressed: a whole model (none for a
-                # device whose gateway ships one average for it).
+                # What the update would have weighed uncompressed: a whole model (its share of
+                # one, for a device whose gateway ships one average for several).
                 entry["uncompressed_payload_bytes_up"] = (
-                    float(model_bytes) if entry["payload_bytes_up"] > 0 else 0.0
+                    entry["payload_bytes_up"] if AGGREGATE in reply.content else float(model_bytes)
                 )
         record.communication = communication_totals(record.devices.values())
 

@@ -246,11 +246,18 @@ def test_hierarchical_fedavg_over_every_device_is_fedavg_over_the_devices(tmp_pa
         )
     assert gated.summary.status == "completed"
     first = json.loads((tmp_path / "aggregate" / "metrics.jsonl").read_text().splitlines()[0])
-    # Every device is still recorded as itself, with its own metrics and no update of its own
+    # Every device is still recorded as itself, with its own metrics; its bytes up are its
+    # share of its gateway's one average: a gateway's devices send one model between them
     assert sorted(first["devices"], key=int) == [str(d) for d in range(6)]
     assert all(e["num-examples"] > 0 for e in first["devices"].values())
-    assert all(e["payload_bytes_up"] == 0.0 for e in first["devices"].values())
     assert first["replied"] == 6
+    relayed = json.loads((tmp_path / "relay" / "metrics.jsonl").read_text().splitlines()[0])
+    model = relayed["devices"]["0"]["payload_bytes_up"]
+    for devices in ([0, 1, 2], [5, 3], [4]):
+        shares = [first["devices"][str(d)]["payload_bytes_up"] for d in devices]
+        assert len(set(shares)) == 1
+        assert abs(sum(shares) - model) < 200, (shares, model)  # the average and its weight
+    assert first["communication"]["payload_bytes_up"] == pytest.approx(3 * model, abs=600)
 
 
 def test_trusted_aggregation_judges_gateways_and_the_edge_judges_devices(tmp_path: Path):
