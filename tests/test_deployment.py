@@ -142,12 +142,14 @@ def test_a_killed_supernode_is_counted_as_failed_under_its_device_and_rejoins_as
     assert rounds[3]["devices"]["2"]["outcome"] == "on_time"
 
 
-def test_fl_iot_deploy_runs_a_scenario_behind_gateways(tmp_path):
-    """Two gateway SuperNodes serve 4 devices, each node holding only its devices' data."""
+@pytest.mark.parametrize("mode", ["relay", "aggregate"])
+def test_fl_iot_deploy_runs_a_scenario_behind_gateways(tmp_path, mode):
+    """Two gateway SuperNodes serve 4 devices, each node holding only its devices' data; an
+    aggregating gateway ships one average, so no device's update reaches the server."""
     done = subprocess.run(
         [sys.executable, "-m", "fl_iot.deploy.cli", "--out", str(tmp_path), "--nodes", "2",
          *SCENARIO[:3], "gateways.devices_per_gateway=2", "scenario.num_rounds=2",
-         "scenario.fraction_train=1.0"],
+         "scenario.fraction_train=1.0", f"gateways.mode={mode}"],
         cwd=REPO_ROOT,
         env={**os.environ, **BUNDLED_DATA},
         capture_output=True,
@@ -166,6 +168,10 @@ def test_fl_iot_deploy_runs_a_scenario_behind_gateways(tmp_path):
     ]
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
     assert summary["status"] == "completed"
+    for record in rounds:  # models up: one per device, or one per gateway shared by its devices
+        devices = record["devices"].values()
+        up = sum(e["payload_bytes_up"] for e in devices) / next(iter(devices))["payload_bytes_down"]
+        assert round(up) == (2 if mode == "aggregate" else 4), up
 
 
 def test_fl_iot_deploy_stops_everything_it_started_on_sigterm(tmp_path):
