@@ -321,3 +321,43 @@ def test_the_server_selects_a_seeded_share_of_each_sampled_gateways_devices(tmp_
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["sampled"] for r in records] == [6, 6, 6]
     assert [r["replied"] for r in records] == [6, 6, 6]
+
+
+def test_a_gateway_none_of_whose_devices_trained_answers_the_strategy_with_an_error():
+    from flwr.app import ConfigRecord
+    from flwr.serverapp.strategy import FedAvg
+
+    from fl_iot.gateway_aggregation import GATEWAY_NODE_BASE, GatewayAggregation
+    from fl_iot.gateway_grid import device_node_id
+    from tests.in_process_grid import set_task_identity
+    from tests.test_strategies_support import FakeGrid
+
+    set_task_identity()
+    inner = FedAvg(fraction_train=1.0, min_train_nodes=2, min_available_nodes=2)
+    wrapper = GatewayAggregation(inner, {0: (0, 1), 1: (2,)})
+    sent = list(wrapper.configure_train(1, sent_model(), ConfigRecord(), FakeGrid([])))
+    assert [m.metadata.dst_node_id for m in sent] == [device_node_id(d) for d in (0, 1, 2)]
+    for i, message in enumerate(sent):
+        message.metadata.__dict__["_message_id"] = f"device-message-{i}"
+    average = device_reply(5.0, 20.0)
+    replies = [
+        Message(Error(code=0, reason="flat battery"), reply_to=sent[0]),
+        Message(Error(code=0, reason="flat battery"), reply_to=sent[1]),
+        Message(
+            RecordDict(
+                {
+                    "metrics": MetricRecord({"num-examples": 20.0}),
+                    AGGREGATE: average["arrays"],
+                    AGGREGATE_METRICS: MetricRecord({"num-examples": 20.0, "devices": 1}),
+                }
+            ),
+            reply_to=sent[2],
+        ),
+    ]
+
+    folded = wrapper._folded("train", replies)
+
+    assert [r.metadata.src_node_id for r in folded] == [GATEWAY_NODE_BASE, GATEWAY_NODE_BASE + 1]
+    assert folded[0].has_error() and "no device of gateway 0" in folded[0].error.reason
+    arrays, _ = wrapper.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), 5.0)  # gateway 1's average alone
