@@ -40,6 +40,7 @@ to the simulation's actor and back with every message): keep it small.
 from __future__ import annotations
 
 import math
+import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -271,10 +272,16 @@ class Aggregation:
     edge_filter: EdgeFilter | None = None
 
 
+LATE_AT_GATEWAY_ERROR_CODE = 4205
+"""Error code of a device its gateway did not start: the message's time budget was spent."""
+
+
 def gateway_mod(
     devices_of: Callable[[Context], Sequence[int] | None],
     device_key: str = "device-id",
     aggregation_of: Callable[[Context], Aggregation | None] = lambda context: None,
+    budget_of: Callable[[Context], float | None] = lambda context: None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Mod:
     """A client mod that makes a node a gateway serving the devices ``devices_of`` names.
 
@@ -294,6 +301,14 @@ def gateway_mod(
         The node's :class:`Aggregation` for a run, or ``None`` (the default) for a relaying
         gateway; an aggregating one answers a train message with its devices' average (see the
         module docstring).
+    budget_of : callable
+        Seconds a gateway may spend on one message (``None``, the default: no limit). Its
+        devices are served one after another, so one slow device delays every device's answer;
+        with a budget, a device not started when the budget is spent is answered with an error
+        (:data:`LATE_AT_GATEWAY_ERROR_CODE`) instead, and the reply leaves in time with the
+        devices that did train. A device already training is not interrupted.
+    clock : callable
+        Seconds, monotonic (the budget's clock).
     """
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -310,10 +325,21 @@ def gateway_mod(
                 )
         else:
             addressed = dict.fromkeys((int(d) for d in served), msg.content)
+        budget, started = budget_of(context), clock()
         replies: dict[int, DeviceReply] = {}
         for device, content in addressed.items():
             if not isinstance(content, RecordDict):
                 raise GatewayFormatError(f"the message for device {device} is an error")
+            spent = clock() - started
+            if budget is not None and spent > budget:
+                replies[device] = Error(
+                    code=LATE_AT_GATEWAY_ERROR_CODE,
+                    reason=(
+                        f"not started: the gateway had spent {spent:.1f} s of its {budget:g} s "
+                        "for this message on the devices before it"
+                    ),
+                )
+                continue
             replies[device] = _serve(msg, content, context, device, device_key, call_next)
         aggregation = aggregation_of(context)
         if aggregation is not None and msg.metadata.message_type == MessageType.TRAIN:

@@ -57,6 +57,7 @@ class GatewaysConfig:
     mode: str = GatewayMode.RELAY.value
     edge_rejection: bool = False
     device_fraction: float = 1.0
+    message_budget_s: float | None = None
 
 
 def gateway_mode(cfg: DictConfig) -> GatewayMode:
@@ -85,6 +86,11 @@ def gateway_mode(cfg: DictConfig) -> GatewayMode:
     fraction = section.get("device_fraction", 1.0)
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
         raise ConfigError(f"gateways.device_fraction must be in (0, 1], got {fraction!r}")
+    budget = section.get("message_budget_s")
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, int | float) or not budget > 0
+    ):
+        raise ConfigError(f"gateways.message_budget_s must be > 0 or null, got {budget!r}")
     if fraction != 1.0 and mode is not GatewayMode.AGGREGATE:
         raise ConfigError(
             "gateways.device_fraction needs gateways.mode=aggregate (relay samples devices "
@@ -109,6 +115,17 @@ def gateway_mode(cfg: DictConfig) -> GatewayMode:
     if any(c is not None for c in compression_by_class(cfg).values()) or downlink_compression(cfg):
         raise ConfigError("gateways.mode=aggregate runs compression=none only")
     return mode
+
+
+def message_budget(cfg: DictConfig) -> float | None:
+    """Wall seconds a gateway may spend on one message (``gateways.message_budget_s``).
+
+    Off (``None``) by default: a budget makes which devices train depend on wall time. On real
+    gateways, set it below ``engine.round_timeout_s``, so that one slow device cannot make the
+    whole gateway's reply miss its round.
+    """
+    budget = OmegaConf.select(cfg, "gateways.message_budget_s")
+    return None if budget is None else float(budget)
 
 
 def gateway_aggregation(cfg: DictConfig) -> Aggregation | None:

@@ -335,7 +335,10 @@ def test_a_gateway_none_of_whose_devices_trained_answers_the_strategy_with_an_er
     set_task_identity()
     inner = FedAvg(fraction_train=1.0, min_train_nodes=2, min_available_nodes=2)
     wrapper = GatewayAggregation(inner, {0: (0, 1), 1: (2,)})
-    sent = list(wrapper.configure_train(1, sent_model(), ConfigRecord(), FakeGrid([])))
+    sent = sorted(
+        wrapper.configure_train(1, sent_model(), ConfigRecord(), FakeGrid([])),
+        key=lambda m: m.metadata.dst_node_id,
+    )  # Flower's FedAvg draws its sample (here: both gateways) in a random order
     assert [m.metadata.dst_node_id for m in sent] == [device_node_id(d) for d in (0, 1, 2)]
     for i, message in enumerate(sent):
         message.metadata.__dict__["_message_id"] = f"device-message-{i}"
@@ -355,9 +358,61 @@ def test_a_gateway_none_of_whose_devices_trained_answers_the_strategy_with_an_er
         ),
     ]
 
-    folded = wrapper._folded("train", replies)
+    folded = sorted(wrapper._folded("train", replies), key=lambda r: r.metadata.src_node_id)
 
     assert [r.metadata.src_node_id for r in folded] == [GATEWAY_NODE_BASE, GATEWAY_NODE_BASE + 1]
     assert folded[0].has_error() and "no device of gateway 0" in folded[0].error.reason
+    assert not folded[1].has_error()
     arrays, _ = wrapper.aggregate_train(1, replies)
     np.testing.assert_allclose(arrays["w"].numpy(), 5.0)  # gateway 1's average alone
+
+
+# --- the gateway's time budget --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("aggregate", [False, True], ids=["relay", "aggregate"])
+def test_devices_not_started_within_the_gateways_budget_are_answered_late(aggregate):
+    from clients.gateway import LATE_AT_GATEWAY_ERROR_CODE
+
+    ticks = iter(range(100))  # every look at the clock is one second later
+    app = ClientApp(
+        mods=[
+            gateway_mod(
+                lambda context: (0, 1, 3, 4),
+                aggregation_of=lambda c: Aggregation() if aggregate else None,
+                budget_of=lambda c: 2.5,
+                clock=lambda: float(next(ticks)),
+            )
+        ]
+    )
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return Message(device_reply(float(context.node_config["device-id"]), 10.0), reply_to=msg)
+
+    content = pack_contents({d: RecordDict({"arrays": sent_model()}) for d in (0, 1, 3, 4)})
+    reply = app(gateway_message(content), Context(1, 5, {}, RecordDict(), {}))
+
+    answers = unpack(reply.content)
+    # Looked at 1 and 2 s after the message came: trained; at 3 and 4 s: over the 2.5 s budget
+    assert all(isinstance(answers[d], RecordDict) for d in (0, 1))
+    for device in (3, 4):
+        assert isinstance(answers[device], Error)
+        assert answers[device].code == LATE_AT_GATEWAY_ERROR_CODE
+        assert "not started: the gateway had spent" in answers[device].reason
+    if aggregate:
+        arrays, metrics = aggregated(reply.content)
+        np.testing.assert_allclose(arrays["w"].numpy(), 0.5)
+        assert metrics["devices"] == 2
+
+
+@pytest.mark.parametrize("budget", ["0", "-1.5"])
+def test_a_bad_gateway_budget_is_refused_by_name(budget):
+    with pytest.raises(
+        ConfigError, match=rf"gateways.message_budget_s must be > 0 or null, got {budget}"
+    ):
+        gateway_mode(
+            resolved_config(
+                *TINY, "gateways.devices_per_gateway=2", f"gateways.message_budget_s={budget}"
+            )
+        )
