@@ -26,6 +26,7 @@ of dispatching alone at 1,000 nodes); real fleets reach the server through edge 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -88,9 +89,11 @@ def gateway_mode(cfg: DictConfig) -> GatewayMode:
         raise ConfigError(f"gateways.device_fraction must be in (0, 1], got {fraction!r}")
     budget = section.get("message_budget_s")
     if budget is not None and (
-        isinstance(budget, bool) or not isinstance(budget, int | float) or not budget > 0
+        isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 < budget < math.inf
     ):
-        raise ConfigError(f"gateways.message_budget_s must be > 0 or null, got {budget!r}")
+        raise ConfigError(
+            f"gateways.message_budget_s must be > 0 and finite, or null, got {budget!r}"
+        )
     if fraction != 1.0 and mode is not GatewayMode.AGGREGATE:
         raise ConfigError(
             "gateways.device_fraction needs gateways.mode=aggregate (relay samples devices "

@@ -126,6 +126,7 @@ TOO_BIG = {
     "fleet.classes.wearable.link.break_probability": 1.5,
     "fleet.classes.wearable.battery.min_level": 1.5,
     "fleet.classes.wearable.availability.jitter_h": 13,
+    "gateways.device_fraction": 1.5,
 }
 
 
@@ -196,6 +197,7 @@ NAME_FIELDS = [
     ("device_classes.home_hub.trainer", "standard"),
     ("attack.name", "sign_flip"),
     ("tracking.wandb.mode", "offline"),
+    ("gateways.mode", "aggregate"),
 ]
 """Each name field of the schema and one valid choice its message must list."""
 

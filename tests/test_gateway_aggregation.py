@@ -409,7 +409,8 @@ def test_devices_not_started_within_the_gateways_budget_are_answered_late(aggreg
 @pytest.mark.parametrize("budget", ["0", "-1.5"])
 def test_a_bad_gateway_budget_is_refused_by_name(budget):
     with pytest.raises(
-        ConfigError, match=rf"gateways.message_budget_s must be > 0 or null, got {budget}"
+        ConfigError,
+        match=rf"gateways.message_budget_s must be > 0 and finite, or null, got {budget}",
     ):
         gateway_mode(
             resolved_config(
