@@ -80,3 +80,39 @@ def test_a_standard_reply_carries_no_empty_trainer_record_and_only_the_device_id
 
     assert set(reply.keys()) == {"arrays", "metrics", "device"}
     assert dict(reply["device"]) == {"device-id": 2}
+
+
+def test_numpy_arrays_are_byte_for_byte_flowers_whatever_the_layout():
+    from flwr.app import Array
+
+    rng = np.random.default_rng(0)
+    arrays = [
+        rng.standard_normal((3, 4)).astype(np.float32),
+        rng.standard_normal(7),
+        np.array(5, dtype=np.int64),  # BatchNorm's num_batches_tracked: 0-d
+        np.arange(6, dtype=np.int16).reshape(2, 3),
+        np.zeros((0, 3), dtype=np.float32),
+        rng.standard_normal((4, 3)).astype(np.float32).T,  # not C-ordered: Flower's own path
+        np.array([True, False]),
+    ]
+    for ndarray in [*arrays, *arrays]:  # the second time from the kept header
+        ours, flowers = runtime.numpy_array(ndarray), Array(ndarray)
+        assert (ours.dtype, ours.shape, ours.stype, ours.data) == (
+            flowers.dtype,
+            flowers.shape,
+            flowers.stype,
+            flowers.data,
+        )
+        np.testing.assert_array_equal(ours.numpy(), ndarray)
+
+
+def test_the_reused_module_holds_exactly_the_model_it_was_last_given():
+    run = run_context(resolved_config("scenario=vehicle_fleet", "scenario.num_devices=6"))
+    runtime._TRAINING_MODELS.clear()
+    first = ArrayRecord(fresh_model(run).state_dict())
+    second = ArrayRecord({k: runtime.numpy_array(v.numpy() + 1) for k, v in first.items()})
+    trainer = run.device_classes[run.federation[0].device_class].trainer
+    runtime.training_model(run, first, trainer)
+    model = runtime.training_model(run, second, trainer)
+    for key, tensor in model.state_dict().items():
+        np.testing.assert_array_equal(tensor.numpy(), second[key].numpy())
