@@ -34,7 +34,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from clients.gateway import AGGREGATE, AGGREGATE_METRICS
-from fl_iot.gateway_grid import DEVICE_NODE_BASE, device_node_id
+from fl_iot.gateway_grid import device_node_id
 from fl_iot.protocol import ARRAYS, GATEWAY_ERROR_CODE, METRICS, NUM_EXAMPLES
 from fl_iot.roster import DelegatingGrid
 
@@ -100,7 +100,7 @@ class GatewayAggregation(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """The strategy samples gateways; every device of a sampled gateway is asked."""
+        """The strategy samples gateways; their selected devices are asked (:meth:`selected`)."""
         asked = self.strategy.configure_train(server_round, arrays, config, self._view(grid))
         return self._per_device(server_round, "train", asked)
 
@@ -230,7 +230,8 @@ class GatewayAggregation(Strategy):
             if gateway is not None:
                 by_gateway.setdefault(gateway, []).append(reply)
         folded: list[Message] = []
-        for gateway, message in self._asked.get(phase, {}).items():
+        # In gateway order, whatever order the strategy drew them in: sums are then reproducible.
+        for gateway, message in sorted(self._asked.get(phase, {}).items()):
             group = by_gateway.get(gateway)
             if not group:
                 continue
@@ -303,4 +304,4 @@ class _GatewayView(DelegatingGrid):
         return list(self._node_ids)
 
 
-__all__ = ["DEVICE_NODE_BASE", "GATEWAY_NODE_BASE", "GatewayAggregation", "gateway_key"]
+__all__ = ["GATEWAY_NODE_BASE", "GatewayAggregation", "gateway_key"]
