@@ -133,18 +133,23 @@ def average_updates(
     weighted = [m for m in (_model_and_weight(c, weight_key) for c in contents) if m]
     if not weighted:
         return None
+    values = [({k: a.numpy() for k, a in model.items()}, weight) for model, weight in weighted]
+    return _weighted_mean(values), sum(w for _, w in weighted)
+
+
+def _weighted_mean(weighted: Sequence[tuple[Mapping[str, np.ndarray], float]]) -> ArrayRecord:
+    """The weighted mean of same-layout arrays (see :func:`average_updates`), in float64."""
     total = sum(w for _, w in weighted)
     first = weighted[0][0]
     averaged = ArrayRecord()
-    for key in first:
-        reference = first[key].numpy()
+    for key, reference in first.items():
         acc = np.zeros(reference.shape, dtype=np.float64)
         for arrays, weight in weighted:
-            acc += (weight / total) * arrays[key].numpy().astype(np.float64)
+            acc += (weight / total) * arrays[key].astype(np.float64)
         if np.issubdtype(reference.dtype, np.integer):
             acc = np.rint(acc)
         averaged[key] = Array(np.asarray(acc, dtype=reference.dtype))
-    return averaged, total
+    return averaged
 
 
 def _model_and_weight(content: RecordDict, weight_key: str) -> tuple[ArrayRecord, float] | None:
@@ -163,10 +168,11 @@ def _model_and_weight(content: RecordDict, weight_key: str) -> tuple[ArrayRecord
     return arrays[0], float(weight)
 
 
-def _malformed(model: ArrayRecord, sent: ArrayRecord) -> str | None:
-    """Why ``model`` cannot be averaged with models trained from ``sent``; ``None`` if it can."""
+def _checked(model: ArrayRecord, sent: ArrayRecord) -> dict[str, np.ndarray] | str:
+    """``model``'s arrays if they can be averaged with models trained from ``sent``; else why."""
     if list(model) != list(sent):
         return "its arrays are not the model's"
+    values: dict[str, np.ndarray] = {}
     for key in sent:
         got, expected = model[key], sent[key]
         if got.dtype != expected.dtype or list(got.shape) != list(expected.shape):
@@ -175,10 +181,10 @@ def _malformed(model: ArrayRecord, sent: ArrayRecord) -> str | None:
                 f"{expected.dtype}{list(expected.shape)}",
             )
             return f"array {key!r} is {layout}, not {wanted}"
-        values = got.numpy()
-        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        values[key] = got.numpy()
+        if np.issubdtype(values[key].dtype, np.floating) and not np.isfinite(values[key]).all():
             return f"array {key!r} has non-finite values"
-    return None
+    return values
 
 
 def aggregated(content: RecordDict) -> tuple[ArrayRecord, MetricRecord] | None:
@@ -370,23 +376,25 @@ def _aggregate(
     # A model that is not the sent model's layout, or not finite, would break or poison the
     # average of every device of the gateway: it is refused here, alone.
     refused: dict[int, str] = {}
-    judged: dict[int, tuple[ArrayRecord, float]] = {}
+    judged: dict[int, tuple[ArrayRecord, dict[str, np.ndarray], float]] = {}
     for device, content in trained.items():
         found = _model_and_weight(content, weight_key)
         if found is None:
             continue
-        problem = None if sent is None else _malformed(found[0], sent)
-        if problem is None:
-            judged[device] = found
+        model, weight = found
+        checked = (
+            _checked(model, sent) if sent is not None else {k: a.numpy() for k, a in model.items()}
+        )
+        if isinstance(checked, str):
+            refused[device] = f"malformed update: {checked}"
         else:
-            refused[device] = f"malformed update: {problem}"
+            judged[device] = (model, checked, weight)
     if edge_filter is not None and sent is not None and judged:
         reasons = edge_filter(
-            sent, [m for m, _ in judged.values()], [w for _, w in judged.values()]
+            sent, [m for m, _, _ in judged.values()], [w for _, _, w in judged.values()]
         )
         refused |= {d: r for d, r in zip(judged, reasons, strict=True) if r is not None}
-    included = [trained[d] for d in judged if d not in refused]
-    average = average_updates(included, weight_key)
+    included = [(values, w) for d, (_, values, w) in judged.items() if d not in refused]
     out: dict[int, DeviceReply] = {}
     for device, reply in replies.items():
         if not isinstance(reply, RecordDict):
@@ -397,11 +405,10 @@ def _aggregate(
             kept[EDGE] = ConfigRecord({"reason": refused[device]})
         out[device] = kept
     packed = pack_replies(out)
-    if average is not None:
-        arrays, total = average
-        packed[AGGREGATE] = arrays
+    if included:
+        packed[AGGREGATE] = _weighted_mean(included)
         packed[AGGREGATE_METRICS] = MetricRecord(
-            {weight_key: total, AGGREGATED_DEVICES: len(included)}
+            {weight_key: sum(w for _, w in included), AGGREGATED_DEVICES: len(included)}
         )
     return packed
 
