@@ -486,9 +486,9 @@ def numpy_array(ndarray: np.ndarray) -> Array:
     key = (ndarray.dtype.str, tuple(ndarray.shape))
     header = _NPY_HEADERS.get(key)
     if header is None:
-        data = Array(ndarray).data
-        header = _NPY_HEADERS[key] = data[: len(data) - ndarray.nbytes]
-        return Array(dtype=str(ndarray.dtype), shape=key[1], stype=SType.NUMPY, data=data)
+        flowers = Array(ndarray)
+        _NPY_HEADERS[key] = flowers.data[: len(flowers.data) - ndarray.nbytes]
+        return flowers
     data = header + ndarray.tobytes()
     return Array(dtype=str(ndarray.dtype), shape=key[1], stype=SType.NUMPY, data=data)
 
@@ -502,9 +502,7 @@ def keep_partial_update(
     relative_speed: float,
 ) -> None:
     """Keep a partial update in the device's state, to offer when it is next asked."""
-    state[PARTIAL_ARRAYS] = ArrayRecord(
-        {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}
-    )
+    state[PARTIAL_ARRAYS] = ArrayRecord({k: numpy_array(np.asarray(v)) for k, v in arrays.items()})
     state[PARTIAL_INFO] = MetricRecord(
         {
             P.NUM_EXAMPLES: num_examples,
