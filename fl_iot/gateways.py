@@ -150,15 +150,15 @@ def edge_filter(cfg: DictConfig) -> EdgeFilter | None:
     """
     if not (cfg.get("gateways") or {}).get("edge_rejection", False):
         return None
+    from hydra.utils import instantiate
+
     from strategies import AnomalyThresholds, anomaly_scores, update_statistics
     from strategies.arrays import ModelSpec, decode_array, squared_update_norms
     from strategies.sample import SamplePlan, gather_sample
 
     section = OmegaConf.select(cfg, "strategy.thresholds")
-    fields = {} if section is None else OmegaConf.to_container(section, resolve=True)
-    assert isinstance(fields, dict)
-    fields.pop("_target_", None)
-    thresholds = AnomalyThresholds(**fields)  # type: ignore[arg-type]
+    # Built as the strategy builds its own (strategy/thresholds/anomaly names the dataclass).
+    thresholds: AnomalyThresholds = AnomalyThresholds() if section is None else instantiate(section)
     seed = int(cfg.seed)
 
     def judge(
