@@ -37,6 +37,7 @@ from clients.gateway import AGGREGATE, AGGREGATE_METRICS
 from fl_iot.gateway_grid import device_node_id
 from fl_iot.protocol import ARRAYS, GATEWAY_ERROR_CODE, METRICS, NUM_EXAMPLES
 from fl_iot.roster import DelegatingGrid
+from fl_iot.round_loop import rejection_scores
 
 GATEWAY_NODE_BASE = 2_000_000_000
 """Gateway ``g`` is the strategy's participant node ``GATEWAY_NODE_BASE + g``."""
@@ -172,14 +173,7 @@ class GatewayAggregation(Strategy):
         taking_part = {g for g, ds in self.devices.items() if participants.intersection(ds)}
         bad = {g for g in taking_part if attackers.intersection(self.devices[g]) & participants}
         refused = {g for g in taking_part if gateway_key(g) in report["rejected"]}
-        caught = len(refused & bad)
-        return {
-            "rejected": float(len(refused)),
-            "attackers": float(len(bad)),
-            "caught": float(caught),
-            "precision": caught / len(refused) if refused else 1.0,
-            "recall": caught / len(bad) if bad else 1.0,
-        }
+        return rejection_scores(refused, bad)
 
     # -- internals -------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -839,6 +840,22 @@ def _count(value: object, name: str) -> int:
     return value
 
 
+def rejection_scores(rejected: AbstractSet[Any], attackers: AbstractSet[Any]) -> dict[str, float]:
+    """Counts, precision and recall of the ``rejected`` participants against the ``attackers``.
+
+    Nothing rejected means no false positives: precision 1 (recall tells the misses); no
+    attacker, recall 1.
+    """
+    caught = len(rejected & attackers)
+    return {
+        "rejected": float(len(rejected)),
+        "attackers": float(len(attackers)),
+        "caught": float(caught),
+        "precision": caught / len(rejected) if rejected else 1.0,
+        "recall": caught / len(attackers) if attackers else 1.0,
+    }
+
+
 def detection_scores(
     strategy_report: dict[str, Any],
     participants: set[int],
@@ -858,15 +875,7 @@ def detection_scores(
     # participant.
     rejected = {int(d) for d in strategy_report["rejected"] if str(d).isdigit()} & participants
     attackers = federation.attackers & participants
-    caught = len(rejected & attackers)
-    scores = {
-        "rejected": float(len(rejected)),
-        "attackers": float(len(attackers)),
-        "caught": float(caught),
-        # Nothing rejected means no false positives: precision 1 (recall tells the misses).
-        "precision": caught / len(rejected) if rejected else 1.0,
-        "recall": caught / len(attackers) if attackers else 1.0,
-    }
+    scores = rejection_scores(rejected, attackers)
     devices = strategy_report.get("devices") or {}
     weights = [(devices.get(str(d)) or {}).get("weight") for d in attackers]
     if devices and all(isinstance(w, int | float) for w in weights):
