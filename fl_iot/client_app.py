@@ -31,7 +31,6 @@ from fl_iot.device_runtime import (
     train_on_device,
 )
 from fl_iot.device_state import DeviceStateStore, persisted_state_mod, server_round_of
-from fl_iot.gateways import gateway_aggregation, message_budget
 from fl_iot.protocol import DECLINED_ERROR_CODE, OFFLINE_ERROR_CODE
 from fl_iot.roster import roll_call_reply
 from fl_iot.run_config import config_from_run_config
@@ -72,8 +71,8 @@ def build_client_app(config_source: ConfigSource, state_dir: Path | None = None)
         0,
         gateway_mod(
             lambda context: devices_served(context, _run_of(config_source, context)),
-            aggregation_of=lambda context: gateway_aggregation(config_source(context)),
-            budget_of=lambda context: message_budget(config_source(context)),
+            aggregation_of=lambda context: _run_of(config_source, context).aggregation,
+            budget_of=lambda context: _run_of(config_source, context).message_budget_s,
         ),
     )
     app = ClientApp(mods=mods)

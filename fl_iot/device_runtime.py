@@ -23,6 +23,7 @@ from torch import nn
 
 from clients import TRAINERS, Attack, AttackContext, LocalTrainer, TrainSettings, build_attack
 from clients.compression import Compression
+from clients.gateway import Aggregation
 from clients.trainer import TrainReport
 from fl_iot import protocol as P
 from fl_iot.compression import compression_by_class, downlink_compression
@@ -40,7 +41,7 @@ from fl_iot.data import (
     read_server_share,
 )
 from fl_iot.federation import Device, Federation, build_federation
-from fl_iot.gateways import Assignment, gateway_assignment
+from fl_iot.gateways import Assignment, gateway_aggregation, gateway_assignment, message_budget
 from fl_iot.metrics import evaluate_model
 from fl_iot.models import model_factory
 from fl_iot.run_config import SERVER_DATA_KEY
@@ -83,6 +84,8 @@ class RunContext:
     compression: dict[str, Compression | None]  # each device class's codec (None: uncompressed)
     downlink: Compression | None  # the global model's codec on the way down
     gateways: Assignment | None  # each gateway's devices; None: one node per device
+    aggregation: Aggregation | None  # what an aggregating gateway does; None: it relays
+    message_budget_s: float | None  # a gateway's wall-time budget per message; None: no limit
     run_key: str  # a digest of the resolved config: names this run in in-process caches
     seed: int  # cfg.seed, read once (a DictConfig look-up costs ~0.05 ms, twice per device)
 
@@ -161,6 +164,8 @@ def _run_context_cached(
         compression=compression_by_class(cfg),
         downlink=downlink_compression(cfg),
         gateways=gateway_assignment(cfg),
+        aggregation=gateway_aggregation(cfg),
+        message_budget_s=message_budget(cfg),
         run_key=hashlib.sha256(cfg_yaml.encode()).hexdigest(),
         seed=int(cfg.seed),
     )
